@@ -1,0 +1,71 @@
+"""Fixtures shared by the whole suite: a real, authenticated Mosquitto on a free port."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from console.broker import BrokerProcess, BrokerSettings, DynsecAdmin, free_port
+
+
+@dataclass
+class Broker:
+    """A running broker and a way to create accounts on it."""
+
+    process: BrokerProcess
+    console_username: str = "console"
+    console_password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+
+    @property
+    def host(self) -> str:
+        return self.process.settings.host
+
+    @property
+    def port(self) -> int:
+        return self.process.settings.port
+
+    def admin(self) -> DynsecAdmin:
+        s = self.process.settings
+        return DynsecAdmin(s.host, s.port, s.admin_username, s.admin_password)
+
+    def provision_device(self, device_id: str, zone_ids: list[str]) -> str:
+        """Create the device's own account; returns its password."""
+        password = secrets.token_urlsafe(16)
+        with self.admin() as admin:
+            admin.provision_device(device_id, password, zone_ids)
+        return password
+
+
+def start_broker(data_dir: Path) -> Broker:
+    settings = BrokerSettings(
+        data_dir=data_dir,
+        admin_username="broker-admin",
+        admin_password=secrets.token_urlsafe(16),
+        port=free_port(),
+    )
+    process = BrokerProcess(settings)
+    process.start()
+    broker = Broker(process)
+    with broker.admin() as admin:
+        admin.provision_console(broker.console_username, broker.console_password)
+    return broker
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker for the session (tests use distinct device and zone ids)."""
+    broker = start_broker(tmp_path_factory.mktemp("broker"))
+    yield broker
+    broker.process.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own, for tests that stop, kill or restart it."""
+    broker = start_broker(tmp_path / "broker")
+    yield broker
+    broker.process.stop()
