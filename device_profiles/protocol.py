@@ -321,6 +321,8 @@ def _load_json(payload: bytes | bytearray | str) -> Any:
         data = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("payload is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("payload is not a JSON object")
     if data.get("v") != PROTOCOL_VERSION:

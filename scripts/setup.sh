@@ -40,3 +40,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   echo "$want" > "$stamp"
 fi
+
+# Compiled translations (.mo) are build products, made from the committed .po files.
+.venv/bin/pybabel compile -d console/translations >/dev/null 2>&1 || {
+  echo "setup: compiling translations failed" >&2; .venv/bin/pybabel compile -d console/translations; exit 1; }

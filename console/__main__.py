@@ -1,0 +1,111 @@
+"""Command line of the console: `python -m console {run,web,worker,migrate,create-user}`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+DEFAULT_INSTANCE = Path(os.environ.get("LOA_INSTANCE", "instance"))
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from console.app import create_app
+    from console.settings import load_settings
+
+    settings = load_settings(args.instance)
+    app = create_app(settings)
+    app.run(host=settings.web_host, port=settings.web_port, threaded=True, use_reloader=False)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from console.settings import load_settings
+    from console.worker import build_worker
+
+    worker = build_worker(load_settings(args.instance))
+    worker.start()
+    _wait_for_signal()
+    worker.stop()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from console.db import upgrade
+    from console.settings import load_settings
+
+    upgrade(load_settings(args.instance).database_url)
+    return 0
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    from console.accounts import AccountError, create_user
+    from console.db import Database
+    from console.models import Role
+    from console.settings import load_settings
+
+    password = os.environ.get("LOA_NEW_PASSWORD") or getpass.getpass("Password: ")
+    db = Database(load_settings(args.instance).database_url)
+    try:
+        with db.session() as session:
+            create_user(session, args.username, password, Role(args.role))
+    except AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"user {args.username} ({args.role}) created")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from console.devrun import run
+
+    return run(args.instance)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m console", description=__doc__)
+    parser.add_argument("--instance", type=Path, default=DEFAULT_INSTANCE)
+    parser.add_argument("--log-level", default=os.environ.get("LOA_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="broker + web + worker + simulated fleet (what `make run` does)")
+    sub.add_parser("web", help="the web console and JSON API")
+    sub.add_parser("worker", help="the ONE scheduler + ingest process")
+    sub.add_parser("migrate", help="upgrade the database schema")
+    create = sub.add_parser("create-user", help="add a staff account (password asked)")
+    create.add_argument("username")
+    create.add_argument("--role", choices=["admin", "operator", "viewer"], default="operator")
+    args = parser.parse_args(argv)
+    _logging(args.log_level)
+    handlers = {
+        "run": cmd_run,
+        "web": cmd_web,
+        "worker": cmd_worker,
+        "migrate": cmd_migrate,
+        "create-user": cmd_create_user,
+    }
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

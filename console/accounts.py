@@ -1,0 +1,36 @@
+"""Staff accounts: the first admin at setup, users created by an admin."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from console.models import Role, User
+from console.security import MIN_PASSWORD_LENGTH, hash_password, new_password
+
+
+class AccountError(ValueError):
+    """A user that cannot be created as asked."""
+
+
+def create_user(session: Session, username: str, password: str, role: Role) -> User:
+    username = username.strip()
+    if not username or len(username) > 64:
+        raise AccountError("a username has 1 to 64 characters")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise AccountError(f"user {username!r} already exists")
+    user = User(username=username, password_hash=hash_password(password), role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def ensure_first_admin(session: Session, username: str = "admin") -> str | None:
+    """Create the first admin when there is no user at all; returns its password, once."""
+    if session.scalar(select(func.count(User.id))):
+        return None
+    password = new_password()
+    create_user(session, username, password, Role.ADMIN)
+    return password

@@ -1,0 +1,512 @@
+"""JSON API under /api/v1: token (or session) authenticated, role checked on every route."""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFProtect
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scheduler.rules import parse_rule
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import HTTPException
+
+from audio_library import AudioError, AudioStore, ImportLimits
+from console.auth import AuthError, authenticate, db, issue_token, require_role
+from console.broadcasts import BroadcastError, BroadcastRequest, delivery_summary, send_broadcast
+from console.models import AudioFile, Broadcast, Device, Role, Schedule, Zone, ZoneKind
+from console.provisioning import ProvisioningError, register_device
+from console.services import broker_admin, console_link, settings
+from console.zones import ZoneError, zone_parents
+from device_profiles import protocol
+from scheduler import RuleError
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {"code", "message"}} with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.detail = status, code, message, detail
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, str_max_length=2000)
+
+
+ZoneId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class TokenBody(Body):
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Annotated[str, Field(min_length=1, max_length=200)]
+    label: Annotated[str, Field(max_length=100)] = ""
+
+
+class ZoneBody(Body):
+    id: ZoneId
+    name: Name
+    kind: ZoneKind
+    parent_id: ZoneId | None = None
+
+
+class DeviceBody(Body):
+    id: ZoneId
+    name: Name
+    profile: Annotated[str, Field(min_length=1, max_length=100)]
+    zone_id: ZoneId
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+
+
+class ScheduleBody(Body):
+    name: Name
+    audio_sha256: Sha256
+    rule: dict[str, Any]
+    zone_ids: Annotated[list[ZoneId], Field(min_length=1, max_length=200)]
+    priority: Literal["scheduled", "live"] = "scheduled"
+    volume_pct: Annotated[int, Field(ge=0, le=100)] | None = None
+    gong: bool = False
+    enabled: bool = True
+
+
+class BroadcastBody(Body):
+    audio_sha256: Sha256
+    zone_ids: Annotated[list[ZoneId], Field(min_length=1, max_length=200)]
+    priority: Literal["live", "emergency"] = "live"
+    volume_pct: Annotated[int, Field(ge=0, le=100)] | None = None
+    gong: bool = False
+    repeat: Annotated[int, Field(ge=1, le=100)] = 1
+    title: Annotated[str, Field(max_length=200)] = ""
+
+
+class StopBody(Body):
+    target_id: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")] | None = None
+    zone_ids: Annotated[list[ZoneId], Field(max_length=200)] = Field(default_factory=list)
+
+
+def parse_body(model: type[M]) -> M:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise ApiError(422, "invalid", f"{field}: {err['msg']}", field=field) from None
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
+
+
+def _user_id() -> int | None:
+    return int(current_user.id) if current_user.is_authenticated else None
+
+
+# --- serialisers -------------------------------------------------------------------------
+
+
+def zone_json(z: Zone) -> dict[str, Any]:
+    return {"id": z.id, "name": z.name, "kind": z.kind.value, "parent_id": z.parent_id}
+
+
+def device_json(d: Device) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "name": d.name,
+        "profile": d.profile,
+        "zone_id": d.zone_id,
+        "latitude": d.latitude,
+        "longitude": d.longitude,
+        "online": d.online,
+        "last_seen_at": _iso(d.last_seen_at),
+        "state": d.state,
+        "telemetry": d.telemetry,
+    }
+
+
+def audio_json(a: AudioFile) -> dict[str, Any]:
+    return {
+        "sha256": a.sha256,
+        "name": a.name,
+        "original_name": a.original_name,
+        "duration_ms": a.duration_ms,
+        "size_bytes": a.size_bytes,
+        "mime": a.mime,
+        "loudness_lufs": a.loudness_lufs,
+        "created_by": a.created_by,
+        "created_at": _iso(a.created_at),
+    }
+
+
+def schedule_json(s: Schedule) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "name": s.name,
+        "audio_sha256": s.audio_sha256,
+        "rule": s.rule,
+        "zone_ids": s.zone_ids,
+        "priority": s.priority,
+        "volume_pct": s.volume_pct,
+        "gong": s.gong,
+        "enabled": s.enabled,
+        "created_at": _iso(s.created_at),
+        "updated_at": _iso(s.updated_at),
+    }
+
+
+def broadcast_json(session: Session, b: Broadcast, with_deliveries: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": b.id,
+        "schedule_id": b.schedule_id,
+        "audio_sha256": b.audio_sha256,
+        "priority": b.priority,
+        "zone_ids": b.zone_ids,
+        "status": b.status.value,
+        "scheduled_for": _iso(b.scheduled_for),
+        "fired_at": _iso(b.fired_at),
+        "play_at": _iso(b.play_at),
+        "expires_at": _iso(b.expires_at),
+        "summary": delivery_summary(session, b.id),
+    }
+    if with_deliveries:
+        out["deliveries"] = [
+            {
+                "device_id": d.device_id,
+                "status": d.status.value,
+                "reason": d.reason,
+                "received_at": _iso(d.received_at),
+                "started_at": _iso(d.started_at),
+                "ended_at": _iso(d.ended_at),
+            }
+            for d in b.deliveries
+        ]
+    return out
+
+
+# --- routes ------------------------------------------------------------------------------
+
+
+@bp.get("/health")
+def health() -> Response:
+    return jsonify({"status": "ok", "time": _iso(datetime.now(UTC))})
+
+
+@bp.post("/auth/token")
+def create_token() -> tuple[Response, int]:
+    body = parse_body(TokenBody)
+    try:
+        user = authenticate(body.username, body.password)
+    except AuthError:
+        raise ApiError(401, "bad_credentials", "wrong username or password") from None
+    token = issue_token(user.id, body.label)
+    return jsonify({"token": token, "role": user.role.value}), 201
+
+
+@bp.get("/zones")
+@require_role(Role.VIEWER)
+def list_zones() -> Response:
+    with db().session() as session:
+        return jsonify([zone_json(z) for z in session.scalars(select(Zone).order_by(Zone.id))])
+
+
+@bp.post("/zones")
+@require_role(Role.ADMIN)
+def create_zone() -> tuple[Response, int]:
+    body = parse_body(ZoneBody)
+    with db().session() as session:
+        if session.get(Zone, body.id) is not None:
+            raise ApiError(409, "exists", f"zone {body.id!r} already exists")
+        if (body.parent_id is None) != (body.kind is ZoneKind.COMMUNE):
+            raise ApiError(422, "invalid", "a commune has no parent; every other zone has one")
+        if body.parent_id is not None and session.get(Zone, body.parent_id) is None:
+            raise ApiError(422, "invalid", f"unknown parent zone {body.parent_id!r}")
+        zone = Zone(id=body.id, name=body.name, kind=body.kind, parent_id=body.parent_id)
+        session.add(zone)
+        return jsonify(zone_json(zone)), 201
+
+
+@bp.get("/devices")
+@require_role(Role.VIEWER)
+def list_devices() -> Response:
+    with db().session() as session:
+        return jsonify(
+            [device_json(d) for d in session.scalars(select(Device).order_by(Device.id))]
+        )
+
+
+@bp.get("/devices/<device_id>")
+@require_role(Role.VIEWER)
+def get_device(device_id: str) -> Response:
+    with db().session() as session:
+        device = session.get(Device, device_id)
+        if device is None:
+            raise ApiError(404, "not_found", f"no device {device_id!r}")
+        return jsonify(device_json(device))
+
+
+@bp.post("/devices")
+@require_role(Role.ADMIN)
+def create_device() -> tuple[Response, int]:
+    body = parse_body(DeviceBody)
+    try:
+        with db().session() as session, broker_admin() as admin:
+            result = register_device(
+                session,
+                admin,
+                settings(),
+                device_id=body.id,
+                name=body.name,
+                profile=body.profile,
+                zone_id=body.zone_id,
+                latitude=body.latitude,
+                longitude=body.longitude,
+            )
+            device = session.get(Device, body.id)
+            assert device is not None
+            out = device_json(device)
+    except (ProvisioningError, ZoneError) as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    out["zones"] = result.zones
+    out["bridge_config"] = result.bridge_config
+    return jsonify(out), 201
+
+
+@bp.get("/audio")
+@require_role(Role.VIEWER)
+def list_audio() -> Response:
+    query = request.args.get("q", "").strip()
+    with db().session() as session:
+        stmt = select(AudioFile).order_by(AudioFile.created_at.desc())
+        if query:
+            stmt = stmt.where(AudioFile.name.ilike(f"%{query[:100]}%"))
+        return jsonify([audio_json(a) for a in session.scalars(stmt)])
+
+
+@bp.get("/audio/<sha256>")
+@require_role(Role.VIEWER)
+def get_audio(sha256: str) -> Response:
+    with db().session() as session:
+        audio = session.get(AudioFile, sha256)
+        if audio is None:
+            raise ApiError(404, "not_found", f"no audio {sha256}")
+        return jsonify(audio_json(audio))
+
+
+@bp.post("/audio")
+@require_role(Role.OPERATOR)
+def upload_audio() -> tuple[Response, int]:
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise ApiError(400, "no_file", "attach the audio as the multipart field 'file'")
+    original = Path(upload.filename).name[:255] or "audio"
+    name = (request.form.get("name") or Path(original).stem).strip()[:200] or original
+    store = AudioStore(settings().media_dir)
+    limits = ImportLimits(max_size_bytes=settings().max_upload_bytes)
+    with tempfile.TemporaryDirectory(dir=settings().instance_dir) as tmp:
+        src = Path(tmp) / "upload"
+        upload.save(src)
+        try:
+            meta = store.import_file(src, original, limits)
+        except AudioError as exc:
+            raise ApiError(422, getattr(exc, "code", "bad_audio"), str(exc)) from None
+    with db().session() as session:
+        audio = session.get(AudioFile, meta.sha256)
+        status = 200
+        if audio is None:
+            audio = AudioFile(
+                sha256=meta.sha256,
+                name=name,
+                original_name=original,
+                duration_ms=meta.duration_ms,
+                size_bytes=meta.size_bytes,
+                mime=meta.mime,
+                loudness_lufs=meta.loudness_lufs,
+                created_by=_user_id(),
+            )
+            session.add(audio)
+            status = 201
+        return jsonify(audio_json(audio)), status
+
+
+@bp.get("/schedules")
+@require_role(Role.VIEWER)
+def list_schedules() -> Response:
+    with db().session() as session:
+        rows = session.scalars(select(Schedule).order_by(Schedule.id))
+        return jsonify([schedule_json(s) for s in rows])
+
+
+def _check_zones(session: Session, zone_ids: list[str]) -> None:
+    parents = zone_parents(session)
+    unknown = [z for z in zone_ids if z not in parents]
+    if unknown:
+        raise ApiError(422, "invalid", f"unknown zone {unknown[0]!r}", field="zone_ids")
+
+
+@bp.post("/schedules")
+@require_role(Role.OPERATOR)
+def create_schedule() -> tuple[Response, int]:
+    body = parse_body(ScheduleBody)
+    try:
+        rule = parse_rule(body.rule)
+    except RuleError as exc:
+        raise ApiError(422, "invalid_rule", str(exc), field="rule") from None
+    with db().session() as session:
+        _check_zones(session, body.zone_ids)
+        if session.get(AudioFile, body.audio_sha256) is None:
+            raise ApiError(422, "invalid", "unknown audio", field="audio_sha256")
+        schedule = Schedule(
+            name=body.name,
+            audio_sha256=body.audio_sha256,
+            rule=rule.model_dump(mode="json"),
+            zone_ids=sorted(set(body.zone_ids)),
+            priority=body.priority,
+            volume_pct=body.volume_pct,
+            gong=body.gong,
+            enabled=body.enabled,
+            created_by=_user_id(),
+        )
+        session.add(schedule)
+        session.flush()
+        return jsonify(schedule_json(schedule)), 201
+
+
+@bp.get("/schedules/<int:schedule_id>")
+@require_role(Role.VIEWER)
+def get_schedule(schedule_id: int) -> Response:
+    with db().session() as session:
+        schedule = session.get(Schedule, schedule_id)
+        if schedule is None:
+            raise ApiError(404, "not_found", f"no schedule {schedule_id}")
+        return jsonify(schedule_json(schedule))
+
+
+@bp.get("/broadcasts")
+@require_role(Role.VIEWER)
+def list_broadcasts() -> Response:
+    try:
+        limit = min(max(int(request.args.get("limit", "50")), 1), 500)
+    except ValueError:
+        raise ApiError(422, "invalid", "limit must be a whole number", field="limit") from None
+    with db().session() as session:
+        stmt = select(Broadcast).order_by(Broadcast.created_at.desc()).limit(limit)
+        if request.args.get("schedule_id", "").isdigit():
+            stmt = stmt.where(Broadcast.schedule_id == int(request.args["schedule_id"]))
+        return jsonify([broadcast_json(session, b, False) for b in session.scalars(stmt)])
+
+
+@bp.get("/broadcasts/<broadcast_id>")
+@require_role(Role.VIEWER)
+def get_broadcast(broadcast_id: str) -> Response:
+    with db().session() as session:
+        broadcast = session.get(Broadcast, broadcast_id)
+        if broadcast is None:
+            raise ApiError(404, "not_found", f"no broadcast {broadcast_id!r}")
+        return jsonify(broadcast_json(session, broadcast, True))
+
+
+@bp.post("/broadcasts")
+@require_role(Role.OPERATOR)
+def create_broadcast() -> tuple[Response, int]:
+    """Play now, at live/manual priority (or emergency), to the chosen zones."""
+    body = parse_body(BroadcastBody)
+    cfg = settings()
+    with db().session() as session:
+        _check_zones(session, body.zone_ids)
+    req = BroadcastRequest(
+        broadcast_id=f"b-{uuid.uuid4().hex[:24]}",
+        audio_sha256=body.audio_sha256,
+        zone_ids=body.zone_ids,
+        priority=protocol.Priority(body.priority),
+        fire_at=datetime.now(UTC),
+        play_lead=timedelta(seconds=cfg.play_lead_s),
+        ttl=timedelta(seconds=cfg.command_ttl_s),
+        volume_pct=100 if body.priority == "emergency" else body.volume_pct,
+        gong=body.gong,
+        repeat=body.repeat,
+        title=body.title,
+        created_by=_user_id(),
+    )
+    try:
+        broadcast = send_broadcast(db(), console_link(), req, cfg.public_base_url)
+    except BroadcastError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    assert broadcast is not None
+    with db().session() as session:
+        stored = session.get(Broadcast, broadcast.id)
+        assert stored is not None
+        return jsonify(broadcast_json(session, stored, True)), 201
+
+
+@bp.post("/stop")
+@require_role(Role.OPERATOR)
+def stop() -> tuple[Response, int]:
+    """STOP one broadcast (target_id) or everything, on the chosen zones (default: all)."""
+    body = parse_body(StopBody)
+    with db().session() as session:
+        _check_zones(session, body.zone_ids)
+        parents = zone_parents(session)
+    zones = body.zone_ids or sorted(z for z, p in parents.items() if p is None)
+    if not zones:
+        raise ApiError(422, "invalid", "there are no zones to stop")
+    command = protocol.StopCommand(
+        id=f"stop-{uuid.uuid4().hex[:24]}",
+        ts=int(datetime.now(UTC).timestamp() * 1000),
+        target_id=body.target_id,
+    )
+    console_link().publish_command(zones, command)
+    return jsonify({"id": command.id, "zone_ids": zones, "target_id": body.target_id}), 202
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, **detail: Any) -> tuple[Response, int]:
+    return jsonify({"error": {"code": code, "message": message, **detail}}), status
+
+
+def register_api(app: Flask, csrf: CSRFProtect) -> None:
+    """Token requests skip CSRF (no cookies involved); session requests are checked."""
+
+    @bp.before_request
+    def _csrf_for_sessions() -> None:
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            csrf.protect()
+
+    @bp.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> tuple[Response, int]:
+        return _error(exc.status, exc.code, exc.message, **exc.detail)
+
+    @bp.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return _error(exc.code or 500, code, exc.description or code)
+
+    csrf.exempt(bp)
+    app.register_blueprint(bp)
+    current_app_errors(app)
+
+
+def current_app_errors(app: Flask) -> None:
+    """413 is raised before routing; answer it in JSON on API paths too."""
+
+    @app.errorhandler(413)
+    def _too_large(exc: HTTPException) -> Any:
+        if request.path.startswith(bp.url_prefix or "/api"):
+            limit = current_app.config.get("MAX_CONTENT_LENGTH")
+            return _error(413, "too_large", f"the upload is larger than {limit} bytes")
+        return exc

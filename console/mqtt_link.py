@@ -1,0 +1,115 @@
+"""The console's MQTT connection (web and worker): publish commands, receive uplink."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel
+
+from device_profiles import protocol
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class LinkError(RuntimeError):
+    """The broker could not be reached or did not accept a message in time."""
+
+
+class ConsoleLink:
+    """One paho client; `on_message` handlers only enqueue (they run on paho's thread)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        password: str,
+        *,
+        client_name: str,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: MessageHandler | None = None,
+        clean_start: bool = True,
+    ) -> None:
+        # A stable client id with a persistent session lets the broker keep QoS 1 uplink
+        # messages for the worker while it restarts; web workers use a random suffix.
+        client_id = client_name if not clean_start else f"{client_name}-{uuid.uuid4().hex[:8]}"
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_start,
+            reconnect_on_failure=True,
+        )
+        self._client.username_pw_set(username, password)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_queued_messages_set(0)
+        self._host, self._port = host, port
+        self._subscriptions = list(subscriptions)
+        self._handler = on_message
+        self.connected = threading.Event()
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+        if not self.connected.wait(timeout_s):
+            self.stop()
+            raise LinkError(f"no connection to the broker at {self._host}:{self._port}")
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.error("broker refused the console: %s", rc)
+            return
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
+        self.connected.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        self.connected.clear()
+        if rc.is_failure:
+            log.warning("lost the broker (%s); reconnecting", rc)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._handler is None:
+            return
+        try:
+            self._handler(msg.topic, bytes(msg.payload))
+        except Exception:  # never let an error escape into paho's thread
+            log.exception("handler failed for %s (%d bytes)", msg.topic, len(msg.payload))
+
+    def publish(
+        self,
+        topic: str,
+        message: BaseModel,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        timeout_s: float = 5.0,
+    ) -> None:
+        """Publish and wait until the broker has it (QoS 1: PUBACK received)."""
+        info = self._client.publish(topic, protocol.encode(message), qos=qos, retain=retain)
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError) as exc:
+            raise LinkError(f"publish to {topic} failed: {exc}") from None
+        if not info.is_published():
+            raise LinkError(f"broker did not confirm {topic} within {timeout_s} s")
+
+    def publish_command(self, zone_ids: Sequence[str], command: BaseModel) -> None:
+        for zone_id in zone_ids:
+            self.publish(
+                protocol.zone_command_topic(zone_id), command, qos=protocol.ZONE_COMMAND_QOS
+            )

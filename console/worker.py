@@ -1,0 +1,173 @@
+"""The console worker: the ONE process that runs the scheduler and the ingest.
+
+It wires `scheduler` (time) to the database (schedules, broadcasts) and MQTT (commands out,
+facts in). Web workers never run it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from scheduler.rules import parse_rule
+from sqlalchemy import func, select
+
+from console.broadcasts import BroadcastRequest, record_missed, send_broadcast
+from console.db import Database
+from console.ingest import SUBSCRIPTIONS, Ingest
+from console.models import Schedule, WorkerState
+from console.mqtt_link import ConsoleLink
+from console.settings import Settings
+from device_profiles import protocol
+from scheduler import Clock, Occurrence, RuleError, SchedulerService, ScheduleSpec, SystemClock
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKED_KEY = "scheduler.last_checked"
+WORKER_CLIENT_ID = "console-worker"
+
+
+class DbScheduleSource:
+    """The scheduler's view of the database: enabled schedules and its last check time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def active_schedules(self) -> Iterable[ScheduleSpec]:
+        specs = []
+        with self.db.session() as session:
+            for row in session.scalars(select(Schedule).where(Schedule.enabled.is_(True))):
+                try:
+                    specs.append(ScheduleSpec(id=row.id, rule=parse_rule(row.rule)))
+                except RuleError as exc:
+                    log.error("schedule %d has an invalid rule, skipped: %s", row.id, exc)
+        return specs
+
+    def last_checked(self) -> datetime | None:
+        with self.db.session() as session:
+            row = session.get(WorkerState, LAST_CHECKED_KEY)
+            return datetime.fromisoformat(row.value) if row else None
+
+    def set_last_checked(self, when: datetime) -> None:
+        with self.db.session() as session:
+            row = session.get(WorkerState, LAST_CHECKED_KEY)
+            if row is None:
+                session.add(WorkerState(key=LAST_CHECKED_KEY, value=when.isoformat()))
+            elif datetime.fromisoformat(row.value) < when:
+                row.value = when.isoformat()
+
+    def revision(self) -> tuple[int, datetime | None]:
+        """Changes whenever a schedule is added, edited or removed."""
+        with self.db.session() as session:
+            count, newest = session.execute(
+                select(func.count(Schedule.id), func.max(Schedule.updated_at))
+            ).one()
+            return int(count), newest
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database, clock: Clock) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock
+        self.ingest = Ingest(db, clock=clock.now)
+        broker = settings.broker
+        self.link = ConsoleLink(
+            broker.host,
+            broker.port,
+            broker.console_username,
+            broker.console_password.get_secret_value(),
+            client_name=WORKER_CLIENT_ID,
+            subscriptions=SUBSCRIPTIONS,
+            on_message=self.ingest.enqueue,
+            clean_start=False,
+        )
+        self.source = DbScheduleSource(db)
+        self.scheduler = SchedulerService(
+            self.source,
+            on_fire=self.fire,
+            on_missed=self.missed,
+            clock=clock,
+            tz=ZoneInfo(settings.site_timezone),
+            grace_s=settings.misfire_grace_s,
+        )
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _request(self, occurrence: Occurrence, fire_at: datetime) -> BroadcastRequest | None:
+        with self.db.session() as session:
+            schedule = session.get(Schedule, occurrence.schedule_id)
+            if schedule is None:
+                log.warning("occurrence %s: schedule was deleted", occurrence.id)
+                return None
+            return BroadcastRequest(
+                broadcast_id=occurrence.id,
+                audio_sha256=schedule.audio_sha256,
+                zone_ids=list(schedule.zone_ids),
+                priority=protocol.Priority(schedule.priority),
+                fire_at=fire_at,
+                play_lead=timedelta(seconds=self.settings.play_lead_s),
+                ttl=timedelta(seconds=self.settings.command_ttl_s),
+                volume_pct=schedule.volume_pct,
+                gong=schedule.gong,
+                title=schedule.name,
+                schedule_id=schedule.id,
+                scheduled_for=occurrence.scheduled_at,
+                created_by=schedule.created_by,
+            )
+
+    def fire(self, occurrence: Occurrence) -> None:
+        """Send one occurrence; idempotent by its id across restarts and processes."""
+        req = self._request(occurrence, max(self.clock.now(), occurrence.scheduled_at))
+        if req is not None:
+            send_broadcast(self.db, self.link, req, self.settings.public_base_url)
+
+    def missed(self, occurrence: Occurrence) -> None:
+        """Record an occurrence that was too late to play: never played late."""
+        req = self._request(occurrence, self.clock.now())
+        if req is not None and record_missed(self.db, req):
+            log.warning("occurrence %s missed (console was down past the grace)", occurrence.id)
+
+    def _watch_schedules(self, poll_s: float) -> None:
+        seen = self.source.revision()
+        while not self._stop.wait(poll_s):
+            try:
+                current = self.source.revision()
+                if current != seen:
+                    seen = current
+                    self.scheduler.reload()
+            except Exception:  # keep watching through a database hiccup
+                log.exception("could not check schedules for changes")
+
+    def start(self, poll_s: float = 1.0) -> None:
+        self.ingest.start()
+        self.link.start()
+        self.scheduler.start()
+        self._watcher = threading.Thread(
+            target=self._watch_schedules, args=(poll_s,), name="schedule-watch", daemon=True
+        )
+        self._watcher.start()
+        log.info("console worker running")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        self.scheduler.shutdown()
+        self.link.stop()
+        self.ingest.stop()
+        log.info("console worker stopped")
+
+
+def build_worker(
+    settings: Settings, *, db: Database | None = None, clock: Clock | None = None
+) -> Worker:
+    """Composition root of the console worker."""
+    return Worker(settings, db or Database(settings.database_url), clock or SystemClock())
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
