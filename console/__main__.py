@@ -80,7 +80,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from console.devrun import run
 
-    return run(args.instance)
+    return run(args.instance, welcome_delay_s=args.welcome_delay)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instance", type=Path, default=DEFAULT_INSTANCE)
     parser.add_argument("--log-level", default=os.environ.get("LOA_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="broker + web + worker + simulated fleet (what `make run` does)")
+    run = sub.add_parser("run", help="broker + web + worker + simulated fleet (`make run`)")
+    run.add_argument(
+        "--welcome-delay", type=float, default=20.0, help="seconds until the test announcement"
+    )
     sub.add_parser("web", help="the web console and JSON API")
     sub.add_parser("worker", help="the ONE scheduler + ingest process")
     sub.add_parser("migrate", help="upgrade the database schema")

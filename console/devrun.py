@@ -100,7 +100,7 @@ def seed_commune(db: Database, admin: DynsecAdmin, settings: Settings, fleet_dir
             fh.write(result.bridge_config)
 
 
-def seed_welcome(db: Database, settings: Settings) -> None:
+def seed_welcome(db: Database, settings: Settings, delay_s: float) -> None:
     """A spoken test announcement and a one-off schedule shortly after start."""
     with db.session() as session:
         audio = session.scalar(select(AudioFile).where(AudioFile.name == "Bản tin thử"))
@@ -121,7 +121,7 @@ def seed_welcome(db: Database, settings: Settings) -> None:
             session.add(audio)
             session.flush()
         tz = ZoneInfo(settings.site_timezone)
-        at = (datetime.now(UTC) + timedelta(seconds=20)).astimezone(tz).replace(microsecond=0)
+        at = (datetime.now(UTC) + timedelta(seconds=delay_s)).astimezone(tz).replace(microsecond=0)
         session.add(
             Schedule(
                 name=f"Phát thử lúc {at:%H:%M:%S}",
@@ -187,7 +187,7 @@ def _wait_http(port: int, timeout_s: float = 20.0) -> bool:
     return False
 
 
-def run(instance_dir: Path) -> int:
+def run(instance_dir: Path, welcome_delay_s: float = 20.0) -> int:
     settings = write_new_instance(
         instance_dir, broker_port=_port_or_free(18830), web_port=_port_or_free(8080)
     )
@@ -229,7 +229,7 @@ def run(instance_dir: Path) -> int:
             print("  Log in with your existing account (first admin: 'admin').")
         print(f"  Broker:   127.0.0.1:{settings.broker.port} (authentication on)")
         print(f"  Fleet:    {n_devices} simulated devices in {len(HAMLETS)} hamlets")
-        seed_welcome(db, settings)
+        seed_welcome(db, settings, welcome_delay_s)
         print("  Press Ctrl-C to stop everything.")
         print("=" * 64, flush=True)
         while not stop.wait(0.5):
