@@ -6,13 +6,12 @@ import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from scheduler.rules import parse_rule
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
@@ -26,6 +25,7 @@ from console.services import broker_admin, console_link, settings
 from console.zones import ZoneError, zone_parents
 from device_profiles import protocol
 from scheduler import RuleError
+from scheduler.rules import parse_rule
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 M = TypeVar("M", bound=BaseModel)
@@ -479,33 +479,32 @@ def _error(status: int, code: str, message: str, **detail: Any) -> tuple[Respons
     return jsonify({"error": {"code": code, "message": message, **detail}}), status
 
 
+@bp.before_request
+def _csrf_for_sessions() -> None:
+    """Token requests skip CSRF (no cookie involved); session-authenticated ones are checked."""
+    bearer = request.headers.get("Authorization", "").startswith("Bearer ")
+    if not bearer and current_user.is_authenticated:
+        cast(CSRFProtect, current_app.extensions["csrf"]).protect()
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[Response, int]:
+    return _error(exc.status, exc.code, exc.message, **exc.detail)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    return _error(exc.code or 500, code, exc.description or code)
+
+
 def register_api(app: Flask, csrf: CSRFProtect) -> None:
-    """Token requests skip CSRF (no cookies involved); session requests are checked."""
-
-    @bp.before_request
-    def _csrf_for_sessions() -> None:
-        if not request.headers.get("Authorization", "").startswith("Bearer "):
-            csrf.protect()
-
-    @bp.errorhandler(ApiError)
-    def _api_error(exc: ApiError) -> tuple[Response, int]:
-        return _error(exc.status, exc.code, exc.message, **exc.detail)
-
-    @bp.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> tuple[Response, int]:
-        code = (exc.name or "error").lower().replace(" ", "_")
-        return _error(exc.code or 500, code, exc.description or code)
-
     csrf.exempt(bp)
     app.register_blueprint(bp)
-    current_app_errors(app)
-
-
-def current_app_errors(app: Flask) -> None:
-    """413 is raised before routing; answer it in JSON on API paths too."""
 
     @app.errorhandler(413)
     def _too_large(exc: HTTPException) -> Any:
+        """Raised before routing; answered in JSON on API paths."""
         if request.path.startswith(bp.url_prefix or "/api"):
             limit = current_app.config.get("MAX_CONTENT_LENGTH")
             return _error(413, "too_large", f"the upload is larger than {limit} bytes")

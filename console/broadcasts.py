@@ -6,6 +6,7 @@ id (a restarted or duplicated worker) hits the primary key and publishes nothing
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from console.models import (
 )
 from console.mqtt_link import ConsoleLink
 from console.zones import devices_in_zones, minimal_cover, zone_parents
-from device_profiles import protocol
+from device_profiles import ProfileError, load_profile, protocol
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ class BroadcastRequest:
     schedule_id: int | None = None
     scheduled_for: datetime | None = None
     created_by: int | None = None
+
+
+@functools.cache
+def has_speaker(profile_name: str) -> bool:
+    try:
+        return load_profile(profile_name).has_speaker
+    except ProfileError:
+        return True  # unknown hardware: expect an answer, so silence shows
 
 
 def media_url(base_url: str, sha256: str) -> str:
@@ -84,6 +93,8 @@ def record_broadcast(session: Session, req: BroadcastRequest) -> Broadcast:
     )
     session.add(broadcast)
     for device in devices_in_zones(session, cover):
+        if not has_speaker(device.profile):
+            continue  # a fire point without a speaker is not expected to play
         session.add(
             Delivery(
                 broadcast_id=broadcast.id,

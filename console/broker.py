@@ -142,17 +142,19 @@ class BrokerProcess:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise BrokerError("mosquitto not found: run `make setup`")
-        self._proc = subprocess.Popen(
-            [binary, "-c", str(self.settings.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        errors = self.settings.data_dir / "mosquitto.stderr"
+        with errors.open("wb") as err_file:
+            self._proc = subprocess.Popen(
+                [binary, "-c", str(self.settings.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err_file,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise BrokerError(f"mosquitto exited with {self._proc.returncode}: {err.strip()}")
+                err = errors.read_text(errors="replace").strip()
+                raise BrokerError(f"mosquitto exited with {self._proc.returncode}: {err}")
             try:
                 with socket.create_connection((self.settings.host, self.settings.port), 0.2):
                     return

@@ -12,7 +12,7 @@ from console.models import Device, Zone
 from console.security import new_secret, secret_digest
 from console.settings import Settings
 from console.zones import ancestors_of, zone_parents
-from device_profiles import protocol
+from device_profiles import ProfileError, load_profile, protocol
 
 DEFAULT_STATE_DIR = PurePosixPath("/var/lib/tieng-loa")
 DEFAULT_CACHE_BUDGET_MB = 512
@@ -119,6 +119,10 @@ def register_device(
         raise ProvisioningError(f"device {device_id!r} already exists")
     if session.get(Zone, zone_id) is None:
         raise ProvisioningError(f"unknown zone {zone_id!r}")
+    try:
+        load_profile(profile)
+    except ProfileError as exc:
+        raise ProvisioningError(str(exc)) from None
     ancestors_of(zone_id, zone_parents(session))  # the tree must be sound
     device = Device(
         id=device_id,

@@ -43,7 +43,7 @@ def login() -> Any:
 
 
 @bp.post("/logout")
-@login_required  # type: ignore[misc]
+@login_required  # type: ignore[untyped-decorator]
 def logout() -> Response:
     logout_user()
     session.clear()
@@ -59,7 +59,7 @@ def set_language(code: str) -> Response:
 
 
 @bp.get("/")
-@login_required  # type: ignore[misc]
+@login_required  # type: ignore[untyped-decorator]
 def index() -> str:
     with db().session() as s:
         zones = {z.id: z.name for z in s.scalars(select(Zone))}

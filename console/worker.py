@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from scheduler.rules import parse_rule
 from sqlalchemy import func, select
 
 from console.broadcasts import BroadcastRequest, record_missed, send_broadcast
@@ -23,6 +22,7 @@ from console.mqtt_link import ConsoleLink
 from console.settings import Settings
 from device_profiles import protocol
 from scheduler import Clock, Occurrence, RuleError, SchedulerService, ScheduleSpec, SystemClock
+from scheduler.rules import parse_rule
 
 log = logging.getLogger(__name__)
 

@@ -111,7 +111,7 @@ def test_session_requests_need_the_csrf_token(client: FlaskClient) -> None:
 
 def test_a_login_without_csrf_token_is_refused(client: FlaskClient) -> None:
     resp = client.post("/login", data={"username": "admin", "password": PASSWORDS["admin"]})
-    assert resp.status_code == 200  # the form is shown again, nobody logged in
+    assert resp.status_code == 400  # refused by CSRF protection; nobody logged in
     assert client.get("/").status_code == 302
 
 
