@@ -11,6 +11,7 @@ from device_profiles.profiles import DeviceProfile, load_profile
 from firmware_bridge.cache import AudioCache
 from firmware_bridge.config import BridgeConfig
 from firmware_bridge.core import BridgeCore, CommandPayload, ConfigPayload, LinkUp, Ports, Shutdown
+from firmware_bridge.diagnostics import SystemDiagnostics
 from firmware_bridge.link import MqttLink
 from firmware_bridge.player import AlsaPlayer, SimulatedPlayer
 from firmware_bridge.ports import Clock, Player, SystemClock
@@ -97,11 +98,12 @@ def build_bridge(
         on_config=lambda payload: post(ConfigPayload(payload)),
         on_connected=lambda: post(LinkUp()),
     )
+    diagnostics = SystemDiagnostics(config.state_dir)
     core = BridgeCore(
         config.device_id,
         profile,
         config.zones,
-        Ports(link=link, player=player, relay=relay, fetcher=cache),
+        Ports(link=link, player=player, relay=relay, fetcher=cache, diagnostics=diagnostics),
         clock,
     )
     core_ref.append(core)

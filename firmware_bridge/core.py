@@ -3,13 +3,15 @@
 Adapters push events into one queue; `run()` handles them one at a time on one thread, so
 the logic needs no locks and is tested with typed fakes, without hardware or a broker.
 Priorities: STOP > emergency > live/manual > scheduled. A higher priority preempts at once;
-lower or equal ones queue (at most QUEUE_LIMIT). A command id seen before is ignored.
+lower or equal ones queue (at most QUEUE_LIMIT; when full, a more urgent item pushes out the
+least urgent one). A command id seen before within DEDUPE_WINDOW_MS is ignored.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +20,15 @@ from typing import Any
 
 from device_profiles import protocol
 from device_profiles.profiles import DeviceProfile
-from firmware_bridge.ports import Clock, Fetcher, Link, Player, Relay
+from firmware_bridge.ports import (
+    Clock,
+    Diagnostics,
+    FetchDone,
+    Fetcher,
+    Link,
+    Player,
+    Relay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,9 @@ QUEUE_LIMIT = 20
 DEDUPE_SIZE = 1000
 DEDUPE_WINDOW_MS = 10 * 60 * 1000
 SOFTWARE_VERSION = "0.1.0"
+GONG_PRESET = "gong"  # the preset played before and after a command that asks for a gong
+PRESET_RETRY_MS = 60_000
+CLOCK_SAMPLES = 20
 
 
 # --- events ----------------------------------------------------------------------------
@@ -61,11 +74,35 @@ class LinkUp:
 
 
 @dataclass(frozen=True)
+class PresetFetched:
+    name: str
+    sha256: str
+    path: Path | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Answered by the loop itself: the service watchdog is fed only while the loop runs."""
+
+    answered: threading.Event
+
+
+@dataclass(frozen=True)
 class Shutdown:
     pass
 
 
-Event = CommandPayload | ConfigPayload | Fetched | PlaybackEnded | LinkUp | Shutdown
+Event = (
+    CommandPayload
+    | ConfigPayload
+    | Fetched
+    | PresetFetched
+    | PlaybackEnded
+    | LinkUp
+    | Ping
+    | Shutdown
+)
 
 
 @dataclass
@@ -74,6 +111,8 @@ class Item:
     seq: int
     path: Path | None = None
     plays_left: int = 1
+    parts: tuple[Path, ...] = ()  # what one play is: the audio, between gongs if asked
+    part: int = 0
 
     @property
     def rank(self) -> int:
@@ -86,6 +125,7 @@ class Ports:
     player: Player
     relay: Relay | None
     fetcher: Fetcher
+    diagnostics: Diagnostics
 
 
 @dataclass
@@ -129,6 +169,11 @@ class BridgeCore:
         self._amp_ready_ms: int | None = None
         self._amp_on_since_ms: int | None = None
         self._published: Snapshot | None = None
+        self.presets: dict[str, protocol.PresetRef] = {}
+        self.preset_paths: dict[str, Path] = {}  # name -> verified local file
+        self._clock_samples: list[int] = []  # receive time - send time of recent messages
+        self.telemetry_interval_ms = profile.telemetry.interval_s * 1000
+        self._timer("telemetry", clock.now_ms() + self.telemetry_interval_ms)
         amp = profile.amplifier
         self.warm_up_ms = amp.warm_up_ms if amp else 0
         self.cool_down_ms = amp.cool_down_ms if amp else 0
@@ -151,14 +196,18 @@ class BridgeCore:
             if isinstance(event, Shutdown):
                 self._shutdown()
                 return
-            try:
-                if event is not None:
-                    self.handle(event)
-                self._fire_timers()
-                self._publish_state_if_changed()
-            except Exception:  # one bad event must not stop the device
-                log.exception("%s: failed to handle %r", self.device_id, event)
-                self.counters["internal_error"] += 1
+            self.process(event)
+
+    def process(self, event: Event | None) -> None:
+        """Handle one event (None: only timers), then publish the state if it changed."""
+        try:
+            if event is not None:
+                self.handle(event)
+            self._fire_timers()
+            self._publish_state_if_changed()
+        except Exception:  # one bad event must not stop the device
+            log.exception("%s: failed to handle %r", self.device_id, event)
+            self.counters["internal_error"] += 1
 
     def _next_timer_s(self) -> float | None:
         if not self._timers:
@@ -176,6 +225,11 @@ class BridgeCore:
                 self._cool_down()
             elif name == "max_on":
                 self._max_on_reached()
+            elif name == "telemetry":
+                self._publish_telemetry()
+                self._timer("telemetry", now + self.telemetry_interval_ms)
+            elif name == "prefetch":
+                self._prefetch_presets()
 
     def _timer(self, name: str, at_ms: int) -> None:
         self._timers[name] = at_ms
@@ -189,8 +243,12 @@ class BridgeCore:
             self._on_fetched(event)
         elif isinstance(event, PlaybackEnded):
             self._on_playback_ended(event)
+        elif isinstance(event, PresetFetched):
+            self._on_preset_fetched(event)
         elif isinstance(event, LinkUp):
             self._published = None  # republish the retained state after a reconnect
+        elif isinstance(event, Ping):
+            event.answered.set()
 
     # --- commands ----------------------------------------------------------------------
 
@@ -234,6 +292,7 @@ class BridgeCore:
                 event.payload[:200],
             )
             return
+        self._sample_clock(command.ts)
         if not self._first_time(command.id):
             return
         if isinstance(command, protocol.StopCommand):
@@ -248,8 +307,12 @@ class BridgeCore:
             self._ack(command.id, protocol.AckStatus.FAILED, "expired")
             return
         if len(self.pending) >= QUEUE_LIMIT:
-            self._ack(command.id, protocol.AckStatus.FAILED, "queue full")
-            return
+            lowest = self.pending[-1]  # sorted: the lowest priority, newest last
+            if command.priority.rank <= lowest.rank:
+                self._ack(command.id, protocol.AckStatus.FAILED, "queue full")
+                return
+            self.pending.pop()  # a more urgent item is never refused for routine ones
+            self._ack(lowest.command.id, protocol.AckStatus.FAILED, "queue full")
         self._ack(command.id, protocol.AckStatus.RECEIVED)
         self._seq += 1
         item = Item(command=command, seq=self._seq, plays_left=command.repeat)
@@ -304,8 +367,6 @@ class BridgeCore:
             self._schedule_cool_down(now)
             return
         head = self.pending[0]
-        if head.path is None:
-            return  # its download reports back
         start_ms = max(now, head.command.play_at or now)
         relay = self.ports.relay
         if relay is not None and not relay.is_on:
@@ -313,7 +374,9 @@ class BridgeCore:
             if now < switch_on_ms:
                 self._timer("advance", switch_on_ms)
                 return
-            self._amp_on(now)
+            self._amp_on(now)  # warms up while the audio may still be downloading
+        if head.path is None:
+            return  # its download reports back
         ready_ms = max(start_ms, self._amp_ready_ms or now)
         if now < ready_ms:
             self._timer("advance", ready_ms)
@@ -325,12 +388,25 @@ class BridgeCore:
         assert item.path is not None
         self._timers.pop("cool_down", None)
         self.current = item
+        item.parts = (item.path,)
+        if item.command.gong:
+            gong = self.preset_paths.get(GONG_PRESET)
+            if gong is None:
+                self.counters["gong_missing"] += 1  # play the words rather than nothing
+            else:
+                item.parts = (gong, item.path, gong)
+        item.part = 0
+        self._started_at_ms = self.clock.now_ms()
+        self._play_part(item)
+        self._ack(item.command.id, protocol.AckStatus.STARTED)
+
+    def _play_part(self, item: Item) -> None:
         self._token += 1
         token = self._token
         volume = item.command.volume_pct if item.command.volume_pct is not None else self.volume_pct
-        self._started_at_ms = self.clock.now_ms()
-        self.ports.player.play(item.path, volume, lambda err: self.post(PlaybackEnded(token, err)))
-        self._ack(item.command.id, protocol.AckStatus.STARTED)
+        self.ports.player.play(
+            item.parts[item.part], volume, lambda err: self.post(PlaybackEnded(token, err))
+        )
 
     def _on_playback_ended(self, event: PlaybackEnded) -> None:
         if self.current is None or event.token != self._token:
@@ -340,10 +416,13 @@ class BridgeCore:
             self.counters["playback_failed"] += 1
             self.current = None
             self._ack(item.command.id, protocol.AckStatus.FAILED, event.error)
-        elif item.plays_left > 1:
-            item.plays_left -= 1
-            self.current = None
-            self._start(item)
+        elif item.part + 1 < len(item.parts) or item.plays_left > 1:
+            if item.part + 1 < len(item.parts):
+                item.part += 1
+            else:
+                item.plays_left -= 1
+                item.part = 0
+            self._play_part(item)
             return
         else:
             self.current = None
@@ -377,7 +456,7 @@ class BridgeCore:
             self._timer("cool_down", now + self.cool_down_ms)
 
     def _cool_down(self) -> None:
-        if self.current is None and not any(i.path is not None for i in self.pending):
+        if self.current is None and not self.pending:
             self._amp_off()
 
     def _max_on_reached(self) -> None:
@@ -402,11 +481,80 @@ class BridgeCore:
             self.counters["malformed_config"] += 1
             log.warning("%s: dropped malformed config: %s", self.device_id, exc)
             return
+        self._sample_clock(config.ts)
         self.config_version = config.version
         self.volume_pct = config.volume_pct
         if config.zones and tuple(config.zones) != self.zones:
             self.zones = tuple(config.zones)
             self.ports.link.set_zones(self.zones)
+        self.presets = {p.name: p for p in config.presets}
+        self.preset_paths = {
+            name: path
+            for name, path in self.preset_paths.items()
+            if name in self.presets and path.stem == self.presets[name].sha256
+        }
+        self._prefetch_presets()
+
+    # --- presets: emergency announcements and the gong, fetched ahead of need -------------
+
+    def _prefetch_presets(self) -> None:
+        """Fetch every preset not yet on disk, so an emergency never waits for a download."""
+        self._timers.pop("prefetch", None)
+        for name, preset in self.presets.items():
+            if name in self.preset_paths:
+                continue
+            self.ports.fetcher.fetch(preset, self._preset_done(name, preset.sha256))
+
+    def _preset_done(self, name: str, sha256: str) -> FetchDone:
+        return lambda path, err: self.post(PresetFetched(name, sha256, path, err))
+
+    def _on_preset_fetched(self, event: PresetFetched) -> None:
+        preset = self.presets.get(event.name)
+        if preset is None or preset.sha256 != event.sha256:
+            return  # the config changed meanwhile
+        if event.path is None:
+            self.counters["preset_fetch_failed"] += 1
+            log.warning("%s: preset %s: %s", self.device_id, event.name, event.error)
+            if "prefetch" not in self._timers:
+                self._timer("prefetch", self.clock.now_ms() + PRESET_RETRY_MS)
+        else:
+            self.preset_paths[event.name] = event.path
+
+    # --- diagnostics ----------------------------------------------------------------------
+
+    def _sample_clock(self, sent_ms: int) -> None:
+        """Receive time minus send time of recent messages: the smallest is the clock offset
+        plus the shortest transport delay (a few ms on a healthy link)."""
+        self._clock_samples.append(self.clock.now_ms() - sent_ms)
+        del self._clock_samples[:-CLOCK_SAMPLES]
+
+    @property
+    def clock_offset_ms(self) -> int | None:
+        return min(self._clock_samples) if self._clock_samples else None
+
+    def telemetry_message(self) -> protocol.Telemetry:
+        health = self.ports.diagnostics.read()
+        counters = Counter(self.counters)
+        counters.update(self.ports.diagnostics.counters())
+        amp_on_ms = counters.pop("amplifier_on_ms", 0)
+        if self._amp_on_since_ms is not None:
+            amp_on_ms += self.clock.now_ms() - self._amp_on_since_ms
+        return protocol.Telemetry(
+            id=protocol.new_message_id(),
+            ts=self.clock.now_ms(),
+            device_id=self.device_id,
+            uptime_s=health.uptime_s,
+            cpu_temp_c=health.cpu_temp_c,
+            disk_free_mb=health.disk_free_mb,
+            clock_offset_ms=self.clock_offset_ms,
+            link_quality_pct=health.link_quality_pct,
+            amplifier_on_s=amp_on_ms / 1000,
+            cache_bytes=self.ports.fetcher.usage_bytes(),
+            counters=dict(counters),
+        )
+
+    def _publish_telemetry(self) -> None:
+        self.ports.link.publish(protocol.Channel.TELEMETRY, self.telemetry_message())
 
     def snapshot(self) -> Snapshot:
         playing = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -64,4 +65,28 @@ class Relay(Protocol):
 class Fetcher(Protocol):
     def fetch(self, audio: protocol.AudioRef, on_done: FetchDone) -> None:
         """Make the audio available locally (cache or download), off the caller's thread."""
+        ...
+
+    def usage_bytes(self) -> int:
+        """Bytes the cached audio takes on disk."""
+        ...
+
+
+@dataclass(frozen=True)
+class Health:
+    """The machine's own figures; None where this hardware cannot tell."""
+
+    uptime_s: float
+    cpu_temp_c: float | None = None
+    disk_free_mb: float | None = None
+    link_quality_pct: int | None = None
+
+
+class Diagnostics(Protocol):
+    def read(self) -> Health:
+        """Read the figures now (cheap: files under /proc and /sys, one statvfs)."""
+        ...
+
+    def counters(self) -> dict[str, int]:
+        """Counters kept by the adapters (outbox, serial link...), merged into telemetry."""
         ...
