@@ -1,5 +1,7 @@
 """Run a bridge: `python -m firmware_bridge --config bridge.toml [--simulate]`, or a whole
-simulated fleet: `python -m firmware_bridge --simulate --fleet-dir DIR`."""
+simulated fleet: `python -m firmware_bridge --simulate --fleet-dir DIR`.
+`--safe-off` only drives the amplifier relay and the siren OFF and exits (systemd's
+ExecStopPost)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,14 @@ import sys
 import threading
 from pathlib import Path
 
-from device_profiles.profiles import ProfileError
+from device_profiles.profiles import ProfileError, load_profile
+from firmware_bridge import systemd
 from firmware_bridge.bridge import Bridge, build_bridge
 from firmware_bridge.config import load_bridge_config
+from firmware_bridge.core import Ping
+from firmware_bridge.relay import switch_off_outputs
+
+log = logging.getLogger("firmware_bridge")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--config", type=Path, help="this device's bridge config file")
     where.add_argument("--fleet-dir", type=Path, help="run every *.toml in DIR (needs --simulate)")
     parser.add_argument("--simulate", action="store_true", help="mock GPIO, simulated player")
+    parser.add_argument("--safe-off", action="store_true", help="switch outputs OFF and exit")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -35,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         parser.error(f"no bridge config files in {args.fleet_dir}")
     try:
+        if args.safe_off:
+            return safe_off(paths, args.simulate)
         bridges: list[Bridge] = [
             build_bridge(load_bridge_config(p), simulate=args.simulate) for p in paths
         ]
@@ -46,11 +56,44 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     for bridge in bridges:
         bridge.start()
-    logging.getLogger("firmware_bridge").info("%d bridge(s) running", len(bridges))
-    stop.wait()
+    log.info("%d bridge(s) running", len(bridges))
+    systemd.notify("READY=1")
+    watch(bridges, stop)
+    systemd.notify("STOPPING=1")
     for bridge in bridges:
         bridge.stop()
-    logging.getLogger("firmware_bridge").info("stopped: amplifiers off, offline published")
+    log.info("stopped: amplifiers off, offline published")
+    return 0
+
+
+def watch(bridges: list[Bridge], stop: threading.Event) -> None:
+    """Feed systemd's watchdog while every core loop answers a ping; return on stop."""
+    interval_s = systemd.watchdog_interval_s()
+    if interval_s is None:
+        stop.wait()
+        return
+    while not stop.wait(interval_s):
+        pings = [threading.Event() for _ in bridges]
+        for bridge, answered in zip(bridges, pings, strict=True):
+            bridge.core.post(Ping(answered))
+        if all(answered.wait(interval_s) for answered in pings):
+            systemd.notify("WATCHDOG=1")
+        else:
+            log.error(
+                "a core loop did not answer within %.1f s: not feeding the watchdog", interval_s
+            )
+
+
+def safe_off(paths: list[Path], simulate: bool) -> int:
+    pin_factory = None
+    if simulate:
+        from gpiozero.pins.mock import MockFactory
+
+        pin_factory = MockFactory()
+    for path in paths:
+        config = load_bridge_config(path)
+        pins = switch_off_outputs(load_profile(config.profile), pin_factory)
+        log.info("%s: outputs off on GPIO %s", config.device_id, pins or "(none)")
     return 0
 
 

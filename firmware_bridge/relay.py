@@ -6,7 +6,7 @@ from typing import Any
 
 from gpiozero import OutputDevice
 
-from device_profiles.profiles import OutputPin
+from device_profiles.profiles import DeviceProfile, OutputPin
 
 
 class GpioRelay:
@@ -30,3 +30,16 @@ class GpioRelay:
     def close(self) -> None:
         self._device.off()
         self._device.close()
+
+
+def switch_off_outputs(profile: DeviceProfile, pin_factory: Any = None) -> list[int]:
+    """Drive every output of the profile (amplifier relay, siren) to OFF and release it.
+
+    Run by systemd after the bridge ended however it ended (`--safe-off`); returns the pins.
+    """
+    pins = []
+    for spec in (profile.gpio.amplifier, profile.gpio.siren):
+        if spec is not None:
+            GpioRelay(spec, pin_factory).close()
+            pins.append(spec.pin)
+    return pins
