@@ -27,6 +27,10 @@ SILENT_BELOW_LUFS = -70.0
 SILENCE_DB = -50
 SILENCE_MIN_S = 0.25
 
+# The delivery is mono, so the mono mix is what is measured and normalised, from the start:
+# loudnorm works at 192 kHz inside, and one channel instead of two halves its cost.
+TO_MONO = "aformat=channel_layouts=mono,"
+_INTEGRATED = re.compile(rb"Integrated loudness:\s*I:\s*(-?[0-9.]+|-inf) LUFS")
 _SILENCE_START = re.compile(rb"silence_start: (-?[0-9.]+)")
 _SILENCE_END = re.compile(rb"silence_end: (-?[0-9.]+)")
 
@@ -94,7 +98,7 @@ def _measure(src: Path, filters: str) -> tuple[dict[str, str], bytes]:
     """Decode once through `filters` and loudnorm's measuring pass."""
     proc = run_tool(
         ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-i", str(src), "-vn",
-         "-af", f"{filters}{_loudnorm()}", "-f", "null", "-"]
+         "-af", f"{TO_MONO}{filters}{_loudnorm()}", "-f", "null", "-"]
     )  # fmt: skip
     if proc.returncode != 0:
         raise NotAudioError("the file is not audio that can be decoded")
@@ -141,7 +145,7 @@ def _filters(a: Analysis, gong_wav: Path | None) -> tuple[list[str], str]:
         f":offset={a.target_offset:.2f}:linear=true"
     )
     pre = _precondition(a.pre_gain_db)
-    speech = f"[0:a]{pre}{trim},asetpts=PTS-STARTPTS,{norm},aresample={SAMPLE_RATE_HZ}"
+    speech = f"[0:a]{TO_MONO}{pre}{trim},asetpts=PTS-STARTPTS,{norm},aresample={SAMPLE_RATE_HZ}"
     if gong_wav is None:
         return [], f"{speech},aformat=channel_layouts=mono[out]"
     fmt = f"aresample={SAMPLE_RATE_HZ},aformat=sample_fmts=fltp:channel_layouts=mono"
@@ -193,25 +197,16 @@ def render(src: Path, dest: Path, analysis: Analysis, gong_wav: Path | None = No
 
 
 def measure_loudness(path: Path) -> float:
-    """Integrated loudness (LUFS) of a file, as EBU R128 measures it."""
+    """Integrated loudness (LUFS) of a file, as EBU R128 measures it (ffmpeg's ebur128: the
+    same measurement as loudnorm's, without its 192 kHz true-peak resampling)."""
     proc = run_tool(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-hide_banner",
-            "-nostats",
-            "-i",
-            str(path),
-            "-af",
-            _loudnorm(),
-            "-f",
-            "null",
-            "-",
-        ]
-    )
-    if proc.returncode != 0:
+        ["ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-i", str(path),
+         "-af", "ebur128=peak=none", "-f", "null", "-"]
+    )  # fmt: skip
+    found = _INTEGRATED.findall(proc.stderr)
+    if proc.returncode != 0 or not found:
         raise NotAudioError("the file is not audio that can be decoded")
-    return _num(_loudnorm_json(proc.stderr).get("input_i", "-inf"))
+    return _num(found[-1].decode())
 
 
 def check_min_duration(duration_ms: int, min_ms: int) -> None:
