@@ -221,6 +221,48 @@ class Availability(Message):
     state: AvailabilityState
 
 
+class SignalClass(enum.StrEnum):
+    """Fire-alarm practice classes (NFPA 72): act now / safety function off-normal / faulty."""
+
+    ALARM = "alarm"
+    SUPERVISORY = "supervisory"
+    TROUBLE = "trouble"
+
+
+SignalName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+
+
+class ActiveSignal(BaseModel):
+    """A fire-point signal raised and not yet restored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    signal_class: SignalClass
+    signal: SignalName
+    since: EpochMs
+
+
+class FirePointState(BaseModel):
+    """A fire point's part of the retained state: changes only with a signal or the siren."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    siren_on: bool = False
+    signals: list[ActiveSignal] = Field(default_factory=list, max_length=32)
+
+
+class FirePointReadings(BaseModel):
+    """The fire-point controller's last valid report; None where a sensor is not fitted."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    at: EpochMs  # when the bridge received it
+    pressure_bar: float | None = None
+    mains_ok: bool | None = None
+    battery_v: float | None = None
+    temperature_c: float | None = None
+
+
 class Playing(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -243,6 +285,7 @@ class DeviceState(Message):
     amplifier_on: bool = False
     zones: list[Slug] = Field(default_factory=list, max_length=32)
     counters: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=64)
+    fire_point: FirePointState | None = None  # fire-point nodes only
 
 
 class Telemetry(Message):
@@ -258,14 +301,7 @@ class Telemetry(Message):
     amplifier_on_s: Annotated[float, Field(ge=0)] = 0.0
     cache_bytes: Annotated[int, Field(ge=0)] = 0
     counters: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, max_length=64)
-
-
-class SignalClass(enum.StrEnum):
-    """Fire-alarm practice classes (NFPA 72): act now / safety function off-normal / faulty."""
-
-    ALARM = "alarm"
-    SUPERVISORY = "supervisory"
-    TROUBLE = "trouble"
+    fire_point: FirePointReadings | None = None  # fire-point nodes only
 
 
 class Event(Message):
@@ -274,7 +310,7 @@ class Event(Message):
     kind: ClassVar[str] = "event"
     device_id: Slug
     signal_class: SignalClass
-    signal: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_]+$")]
+    signal: SignalName
     active: bool
     value: float | None = None
     detail: Annotated[str, Field(max_length=500)] | None = None

@@ -12,6 +12,7 @@ from firmware_bridge.cache import AudioCache
 from firmware_bridge.config import BridgeConfig
 from firmware_bridge.core import BridgeCore, CommandPayload, ConfigPayload, LinkUp, Ports, Shutdown
 from firmware_bridge.diagnostics import SystemDiagnostics
+from firmware_bridge.fire_adapters import FirePointAdapters, build_fire_point_adapters
 from firmware_bridge.link import MqttLink
 from firmware_bridge.player import AlsaPlayer, SimulatedPlayer
 from firmware_bridge.ports import Clock, Player, SystemClock
@@ -32,6 +33,7 @@ class Bridge:
     cache: AudioCache
     player: Player
     pin_factory: Any
+    fire_point: FirePointAdapters | None = None  # siren, inputs, serial link (fire points)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -39,6 +41,8 @@ class Bridge:
             target=self.core.run, name=f"core-{self.config.device_id}", daemon=True
         )
         self._thread.start()
+        if self.fire_point is not None:
+            self.fire_point.start()
         self.link.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -48,6 +52,8 @@ class Bridge:
                 self._thread.join(timeout_s)
             self.link.stop()
         finally:
+            if self.fire_point is not None:
+                self.fire_point.close()  # the siren ends up off
             if self.relay is not None:
                 self.relay.close()
             self.cache.close()
@@ -94,17 +100,33 @@ def build_bridge(
         config.mqtt,
         config.zones,
         clock,
+        outbox_path=config.state_dir / "outbox.sqlite3",
         on_command=lambda topic, payload: post(CommandPayload(topic, payload)),
         on_config=lambda payload: post(ConfigPayload(payload)),
         on_connected=lambda: post(LinkUp()),
     )
-    diagnostics = SystemDiagnostics(config.state_dir)
+    diagnostics = SystemDiagnostics(config.state_dir, [link.counters])
+    fire_point = None
+    if profile.has_fire_point:
+        fire_point = build_fire_point_adapters(
+            profile, post, clock, pin_factory, simulate=simulate
+        )
+        diagnostics.add_counter_source(fire_point.counters)
     core = BridgeCore(
         config.device_id,
         profile,
         config.zones,
-        Ports(link=link, player=player, relay=relay, fetcher=cache, diagnostics=diagnostics),
+        Ports(
+            link=link,
+            player=player,
+            relay=relay,
+            fetcher=cache,
+            diagnostics=diagnostics,
+            siren=fire_point.siren if fire_point is not None else None,
+        ),
         clock,
     )
     core_ref.append(core)
-    return Bridge(config, profile, core, link, relay, cache, player, pin_factory)
+    return Bridge(
+        config, profile, core, link, relay, cache, player, pin_factory, fire_point=fire_point
+    )

@@ -20,6 +20,7 @@ from typing import Any
 
 from device_profiles import protocol
 from device_profiles.profiles import DeviceProfile
+from firmware_bridge.firepoint import FIRE_POINT_EVENTS, FirePoint, FirePointEvent
 from firmware_bridge.ports import (
     Clock,
     Diagnostics,
@@ -101,6 +102,7 @@ Event = (
     | PlaybackEnded
     | LinkUp
     | Ping
+    | FirePointEvent
     | Shutdown
 )
 
@@ -126,6 +128,7 @@ class Ports:
     relay: Relay | None
     fetcher: Fetcher
     diagnostics: Diagnostics
+    siren: Relay | None = None  # fire points: an on/off output like the amplifier relay
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Snapshot:
     zones: tuple[str, ...] = ()
     config_version: int | None = None
     counters: dict[str, int] = field(default_factory=dict)
+    fire_point: protocol.FirePointState | None = None
 
 
 class BridgeCore:
@@ -178,6 +182,10 @@ class BridgeCore:
         self.warm_up_ms = amp.warm_up_ms if amp else 0
         self.cool_down_ms = amp.cool_down_ms if amp else 0
         self.max_on_ms = amp.max_on_s * 1000 if amp else 0
+        self.fire_point: FirePoint | None = None
+        if profile.has_fire_point:
+            self.fire_point = FirePoint(device_id, profile, clock.now_ms())
+            self._fire_point_apply([])
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -230,6 +238,8 @@ class BridgeCore:
                 self._timer("telemetry", now + self.telemetry_interval_ms)
             elif name == "prefetch":
                 self._prefetch_presets()
+            elif name == "fire_point" and self.fire_point is not None:
+                self._fire_point_apply(self.fire_point.tick(self.clock.now_ms()))
 
     def _timer(self, name: str, at_ms: int) -> None:
         self._timers[name] = at_ms
@@ -249,6 +259,27 @@ class BridgeCore:
             self._published = None  # republish the retained state after a reconnect
         elif isinstance(event, Ping):
             event.answered.set()
+        elif isinstance(event, FIRE_POINT_EVENTS) and self.fire_point is not None:
+            self._fire_point_apply(self.fire_point.handle(event, self.clock.now_ms()))
+
+    # --- the fire point (its decisions are in firepoint.py) -----------------------------
+
+    def _fire_point_apply(self, events: list[protocol.Event]) -> None:
+        """Siren first (life safety is local), then the events, then the next tick."""
+        assert self.fire_point is not None
+        siren = self.ports.siren
+        if siren is not None and siren.is_on != self.fire_point.siren_on:
+            if self.fire_point.siren_on:
+                siren.on()
+            else:
+                siren.off()
+        due = self.fire_point.next_due_ms()
+        if due is None:
+            self._timers.pop("fire_point", None)
+        else:
+            self._timer("fire_point", due)
+        for event in events:
+            self.ports.link.publish(protocol.Channel.EVENT, event)
 
     # --- commands ----------------------------------------------------------------------
 
@@ -551,6 +582,7 @@ class BridgeCore:
             amplifier_on_s=amp_on_ms / 1000,
             cache_bytes=self.ports.fetcher.usage_bytes(),
             counters=dict(counters),
+            fire_point=self.fire_point.readings() if self.fire_point is not None else None,
         )
 
     def _publish_telemetry(self) -> None:
@@ -573,6 +605,7 @@ class BridgeCore:
             zones=self.zones,
             config_version=self.config_version,
             counters=dict(self.counters),
+            fire_point=self.fire_point.state() if self.fire_point is not None else None,
         )
 
     def state_message(self, snap: Snapshot) -> protocol.DeviceState:
@@ -589,6 +622,7 @@ class BridgeCore:
             amplifier_on=snap.amplifier_on,
             zones=list(snap.zones),
             counters=snap.counters,
+            fire_point=snap.fire_point,
         )
 
     def _publish_state_if_changed(self) -> None:

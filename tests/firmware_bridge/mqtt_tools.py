@@ -71,3 +71,4 @@ class Listener:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.client._reset_sockets(sockpair_only=True)  # as MqttLink.stop() does
