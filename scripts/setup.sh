@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mosquitto mosquitto-clients ffmpeg espeak-ng python3-venv)
+APT_PACKAGES=(mosquitto mosquitto-clients ffmpeg espeak-ng mpg123 python3-venv)
 for arg in "$@"; do
   case "$arg" in
     --with-browser) APT_PACKAGES+=(chromium) ;;
