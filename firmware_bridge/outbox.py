@@ -13,7 +13,8 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,7 @@ class Outbox:
         self.path = path
         self.max_rows = max_rows
         self._clock = clock or SystemClock()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _write() holds it across a caller's bookkeeping
         self._counters: Counter[str] = Counter()
         try:
             db = self._open_file()
@@ -146,31 +147,38 @@ class Outbox:
             raise OutboxError(f"outbox {self.path} is closed")
         return self._db
 
-    def append(self, topic: str, payload: bytes, qos: int, *, never_drop: bool = False) -> int:
-        """Store one message at the end; returns its seq once it is durable (accepted)."""
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed (durably) or rolled back; under the lock."""
         with self._lock:
             db = self._conn()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    dropped = 0
-                    if self._queued >= self.max_rows:
-                        dropped = db.execute(
-                            "DELETE FROM outbox WHERE seq = (SELECT seq FROM outbox"
-                            " WHERE never_drop = 0 ORDER BY seq LIMIT 1)"
-                        ).rowcount
-                    cur = db.execute(
-                        "INSERT INTO outbox (topic, payload, qos, created_ms, never_drop)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (topic, payload, qos, self._clock.now_ms(), int(never_drop)),
-                    )
+                    yield db
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path}: could not store a message: {exc}") from exc
+                raise OutboxError(f"outbox {self.path}: could not {what}: {exc}") from exc
+
+    def append(self, topic: str, payload: bytes, qos: int, *, never_drop: bool = False) -> int:
+        """Store one message at the end; returns its seq once it is durable (accepted)."""
+        with self._lock:
+            with self._write("store a message") as db:
+                dropped = 0
+                if self._queued >= self.max_rows:
+                    dropped = db.execute(
+                        "DELETE FROM outbox WHERE seq = (SELECT seq FROM outbox"
+                        " WHERE never_drop = 0 ORDER BY seq LIMIT 1)"
+                    ).rowcount
+                cur = db.execute(
+                    "INSERT INTO outbox (topic, payload, qos, created_ms, never_drop)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (topic, payload, qos, self._clock.now_ms(), int(never_drop)),
+                )
             self._queued += 1 - dropped
             if dropped:
                 self._counters["outbox_dropped"] += dropped
@@ -199,19 +207,9 @@ class Outbox:
         if not params:
             return 0
         with self._lock:
-            db = self._conn()
-            try:
+            with self._write("delete") as db:
                 before = db.total_changes
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany("DELETE FROM outbox WHERE seq = ?", params)
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise OutboxError(f"outbox {self.path}: could not delete: {exc}") from exc
+                db.executemany("DELETE FROM outbox WHERE seq = ?", params)
             deleted = db.total_changes - before
             self._queued -= deleted
             return deleted

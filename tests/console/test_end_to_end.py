@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from console.db import Database
 from console.settings import Settings
 from console.worker import build_worker
 from firmware_bridge import build_bridge, load_bridge_config
+from tests.conftest import wait_for
 from tests.console.conftest import token_for
 
 COMMUNE = {"id": "xa-e2e", "name": "Xã Thử Nghiệm", "kind": "commune"}
@@ -52,16 +52,6 @@ def tone_wav(path: Path, seconds: float = 1.5) -> Path:
         timeout=60,
     )
     return path
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

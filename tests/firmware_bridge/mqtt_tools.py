@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from device_profiles import protocol
-from tests.conftest import Broker
+from tests.conftest import Broker, wait_for
 
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+__all__ = ["Listener", "wait_for"]
 
 
 class Listener:

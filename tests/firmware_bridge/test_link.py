@@ -24,22 +24,12 @@ from firmware_bridge.config import BridgeConfig, load_bridge_config
 from firmware_bridge.link import MqttLink
 from firmware_bridge.outbox import OUTBOX_FILE
 from firmware_bridge.ports import SystemClock
-from tests.conftest import Broker
+from tests.conftest import Broker, wait_for
 from tests.firmware_bridge.conftest import write_bridge_config
 from tests.firmware_bridge.emitter import numbered_event
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 30.0
-
-
-def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def now_ms() -> int:
@@ -114,7 +104,9 @@ def retained_availability(broker: Broker, device_id: str) -> protocol.Availabili
     """What a console that connects now is told: the retained availability."""
     topic = protocol.device_topic(device_id, protocol.Channel.AVAILABILITY)
     with Subscriber(broker, [topic]) as sub:
-        payload, retained = wait_for(lambda: sub.received(topic), "retained availability")[0]
+        payload, retained = wait_for(lambda: sub.received(topic), WAIT_S, "retained availability")[
+            0
+        ]
     assert retained
     return protocol.decode(protocol.Availability, payload)
 
@@ -158,7 +150,7 @@ def link_factory(tmp_path: Path) -> Iterator[Callable[[Broker, str, list[str]], 
         path = write_bridge_config(broker, tmp_path, device_id, zones, "speaker-node")
         made.append(LinkUnderTest(load_bridge_config(path)))
         made[-1].link.start()
-        wait_for(lambda: made[-1].link_ups, "the link to come up")
+        wait_for(lambda: made[-1].link_ups, WAIT_S, "the link to come up")
         return made[-1]
 
     yield make
@@ -208,13 +200,14 @@ def test_last_will_says_offline_retained_when_the_bridge_process_dies(
     ):
         wait_for(
             lambda: any(a.state == "online" for a, _ in availability(sub, "loa-lk2")),
+            WAIT_S,
             "online",
         )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.stdout is not None
         proc.stdout.read()
-        wait_for(lambda: availability(sub, "loa-lk2")[-1][0].state == "offline", "the will")
+        wait_for(lambda: availability(sub, "loa-lk2")[-1][0].state == "offline", WAIT_S, "the will")
     assert retained_availability(mqtt_broker, "loa-lk2").state == "offline"
 
 
@@ -223,13 +216,13 @@ def test_broker_restart_link_reconnects_says_online_and_restores_subscriptions(
 ) -> None:
     under = link_factory(own_broker, "loa-rs1", ["zone-rs"])
     own_broker.process.stop()
-    wait_for(lambda: not under.link.connected.is_set(), "the link to notice")
+    wait_for(lambda: not under.link.connected.is_set(), WAIT_S, "the link to notice")
     # Without its saved sessions the broker forgets the bridge's subscriptions and the
     # retained messages: only the link itself can bring them back.
     (own_broker.process.settings.data_dir / "mosquitto.db").unlink()
     restarted_at = now_ms()
     own_broker.process.start()
-    wait_for(lambda: under.link_ups == 2, "the link to come back by itself")
+    wait_for(lambda: under.link_ups == 2, WAIT_S, "the link to come back by itself")
     online = retained_availability(own_broker, "loa-rs1")
     assert online.state == "online"
     assert online.ts >= restarted_at
@@ -239,7 +232,7 @@ def test_broker_restart_link_reconnects_says_online_and_restores_subscriptions(
             protocol.zone_command_topic("zone-rs"), protocol.encode(command), qos=1
         )
         info.wait_for_publish(10)
-    topic, payload = wait_for(lambda: under.commands, "the zone command")[0]
+    topic, payload = wait_for(lambda: under.commands, WAIT_S, "the zone command")[0]
     assert topic == protocol.zone_command_topic("zone-rs")
     assert protocol.decode_command(payload) == command
     assert under.link.counters()["link_connects"] == 2
@@ -253,7 +246,7 @@ def test_events_during_a_broker_outage_arrive_all_in_order_with_their_own_ts(
     topic = protocol.device_topic("loa-out1", protocol.Channel.EVENT)
     with Subscriber(own_broker, [topic], persistent=True) as sub:
         own_broker.process.stop()
-        wait_for(lambda: not link.connected.is_set(), "the link to notice")
+        wait_for(lambda: not link.connected.is_set(), WAIT_S, "the link to notice")
         sent = []
         for n in range(1, 501):
             event = numbered_event("loa-out1", n, now_ms())
@@ -271,11 +264,13 @@ def test_events_during_a_broker_outage_arrive_all_in_order_with_their_own_ts(
         restarted_at = now_ms()
         own_broker.process.start()
         got = wait_for(
-            lambda: len(events(sub, "loa-out1")) >= 500 and events(sub, "loa-out1"), "500 events"
+            lambda: len(events(sub, "loa-out1")) >= 500 and events(sub, "loa-out1"),
+            WAIT_S,
+            "500 events",
         )
     assert [(e.id, e.ts, e.value) for e in got] == [(e.id, e.ts, e.value) for e in sent]
     assert all(e.ts < restarted_at for e in got)
-    wait_for(lambda: link.counters()["outbox_queued"] == 0, "an empty outbox")
+    wait_for(lambda: link.counters()["outbox_queued"] == 0, WAIT_S, "an empty outbox")
     assert link.counters()["outbox_confirmed"] == 500
     assert link.counters()["outbox_dropped"] == 0
 
@@ -293,11 +288,11 @@ def test_messages_in_flight_when_the_broker_dies_are_sent_again_in_order(
         # cannot lose it (Mosquitto saves sessions at exit and every 30 s only).
         own_broker.process.stop()
         own_broker.process.start()
-        wait_for(lambda: under.link_ups == 2 and sub.subscriptions == 2, "both to return")
+        wait_for(lambda: under.link_ups == 2 and sub.subscriptions == 2, WAIT_S, "both to return")
         sent = [numbered_event("loa-cr1", n, now_ms()) for n in range(1, 301)]
         for event in sent[:50]:
             link.publish(protocol.Channel.EVENT, event)
-        wait_for(lambda: len(events(sub, "loa-cr1")) == 50, "the first 50")
+        wait_for(lambda: len(events(sub, "loa-cr1")) == 50, WAIT_S, "the first 50")
         assert own_broker.process.pid is not None
         os.kill(own_broker.process.pid, signal.SIGSTOP)
         for event in sent[50:]:
@@ -306,9 +301,11 @@ def test_messages_in_flight_when_the_broker_dies_are_sent_again_in_order(
         assert link.counters()["outbox_queued"] == 250
         own_broker.process.kill()
         own_broker.process.start()
-        got = wait_for(lambda: len(events(sub, "loa-cr1")) >= 300 and events(sub, "loa-cr1"), "300")
+        got = wait_for(
+            lambda: len(events(sub, "loa-cr1")) >= 300 and events(sub, "loa-cr1"), WAIT_S, "300"
+        )
     assert [e.id for e in got] == [e.id for e in sent]
-    wait_for(lambda: link.counters()["outbox_queued"] == 0, "an empty outbox")
+    wait_for(lambda: link.counters()["outbox_queued"] == 0, WAIT_S, "an empty outbox")
 
 
 def read_numbers(proc: subprocess.Popen[str], at_least: int) -> list[int]:
@@ -352,14 +349,16 @@ def test_bridge_killed_mid_stream_loses_no_accepted_event(
         assert accepted == list(range(1, len(accepted) + 1))
         assert len(accepted) < 1000, "killed too late to be mid-stream"
         if broker == "up":
-            wait_for(lambda: availability(sub, "loa-k9")[-1][0].state == "offline", "the will")
+            wait_for(
+                lambda: availability(sub, "loa-k9")[-1][0].state == "offline", WAIT_S, "the will"
+            )
         else:
             subscriptions = sub.subscriptions
             if broker == "frozen":
                 own_broker.process.kill()  # its unread input dies with it
             own_broker.process.start()
             # A killed broker may have lost the subscriber's session: wait until it is back.
-            wait_for(lambda: sub.subscriptions > subscriptions, "the subscriber to return")
+            wait_for(lambda: sub.subscriptions > subscriptions, WAIT_S, "the subscriber to return")
         with emitter(config, 0, log) as second:
             out, _ = second.communicate(timeout=60)
         assert second.returncode == 0
@@ -369,6 +368,7 @@ def test_bridge_killed_mid_stream_loses_no_accepted_event(
                 [int(e.value or 0) for e in events(sub, "loa-k9")][: len(accepted)] == accepted
                 and events(sub, "loa-k9")
             ),
+            WAIT_S,
             "every accepted event",
         )
     numbers = [int(e.value or 0) for e in got]
