@@ -8,7 +8,7 @@ setup:
 	@scripts/setup.sh
 
 run: setup
-	$(PY) -m console.devrun
+	$(PY) -m console run
 
 lint: setup
 	.venv/bin/ruff check .
@@ -16,6 +16,9 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m bench
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache .hypothesis

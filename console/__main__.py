@@ -1,4 +1,4 @@
-"""Command line of the console: `python -m console {run,web,worker,migrate,create-user}`."""
+"""Command line of the console: `python -m console {run,web,worker,migrate,create-user,presets}`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 DEFAULT_INSTANCE = Path(os.environ.get("LOA_INSTANCE", "instance"))
@@ -77,6 +78,40 @@ def cmd_create_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from audio_library import AudioError, Voice
+    from console.db import Database
+    from console.models import AudioFile, Preset
+    from console.presets import PRESETS, ensure_presets
+    from console.settings import load_settings
+
+    settings = load_settings(args.instance)
+    db = Database(settings.database_url)
+    try:
+        started = time.monotonic()
+        try:
+            created = ensure_presets(db, settings.media_dir, voice=Voice(args.voice))
+        except AudioError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{len(created)} preset(s) generated in {time.monotonic() - started:.1f} s")
+        with db.session() as session:
+            stmt = select(Preset, AudioFile).join(AudioFile)
+            rows = {p.key: (p, a) for p, a in session.execute(stmt)}
+        for spec in PRESETS:
+            preset, audio = rows[spec.key]
+            origin = "generated" if preset.updated_by is None else "replaced by staff"
+            print(
+                f"  {spec.key:15} {preset.title:22} {audio.duration_ms / 1000:5.1f} s  "
+                f"{audio.sha256[:12]}  {origin}"
+            )
+    finally:
+        db.dispose()
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from console.devrun import run
 
@@ -98,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     create = sub.add_parser("create-user", help="add a staff account (password asked)")
     create.add_argument("username")
     create.add_argument("--role", choices=["admin", "operator", "viewer"], default="operator")
+    presets = sub.add_parser(
+        "presets", help="generate the missing emergency presets (staff replacements are kept)"
+    )
+    presets.add_argument(
+        "--voice", choices=["vi", "vi-vn-x-central", "vi-vn-x-south"], default="vi"
+    )
     args = parser.parse_args(argv)
     _logging(args.log_level)
     handlers = {
@@ -106,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker": cmd_worker,
         "migrate": cmd_migrate,
         "create-user": cmd_create_user,
+        "presets": cmd_presets,
     }
     return handlers[args.command](args)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,19 @@ from werkzeug.exceptions import HTTPException
 from audio_library import AudioError, AudioStore, ImportLimits
 from console.auth import AuthError, authenticate, db, issue_token, require_role
 from console.broadcasts import BroadcastError, BroadcastRequest, delivery_summary, send_broadcast
-from console.models import AudioFile, Broadcast, Device, Role, Schedule, Zone, ZoneKind
+from console.device_config import bump_config_revision
+from console.models import (
+    AudioFile,
+    Broadcast,
+    Device,
+    DeviceConfigRecord,
+    Preset,
+    Role,
+    Schedule,
+    Zone,
+    ZoneKind,
+)
+from console.presets import GONG_KEY, MAX_GONG_MS, PRESETS, SPECS
 from console.provisioning import ProvisioningError, register_device
 from console.services import broker_admin, console_link, settings
 from console.zones import ZoneError, zone_parents
@@ -29,6 +42,7 @@ from scheduler.rules import parse_rule
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -91,6 +105,10 @@ class BroadcastBody(Body):
     title: Annotated[str, Field(max_length=200)] = ""
 
 
+class PresetBody(Body):
+    audio_sha256: Sha256
+
+
 class StopBody(Body):
     target_id: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")] | None = None
     zone_ids: Annotated[list[ZoneId], Field(max_length=200)] = Field(default_factory=list)
@@ -123,7 +141,7 @@ def zone_json(z: Zone) -> dict[str, Any]:
     return {"id": z.id, "name": z.name, "kind": z.kind.value, "parent_id": z.parent_id}
 
 
-def device_json(d: Device) -> dict[str, Any]:
+def device_json(d: Device, config_version: int | None = None) -> dict[str, Any]:
     return {
         "id": d.id,
         "name": d.name,
@@ -133,9 +151,16 @@ def device_json(d: Device) -> dict[str, Any]:
         "longitude": d.longitude,
         "online": d.online,
         "last_seen_at": _iso(d.last_seen_at),
+        # The retained config the console holds for it; state.config_version: what it applied.
+        "config_version": config_version,
         "state": d.state,
         "telemetry": d.telemetry,
     }
+
+
+def _config_versions(session: Session) -> dict[str, int]:
+    rows = session.execute(select(DeviceConfigRecord.device_id, DeviceConfigRecord.version))
+    return {device_id: version for device_id, version in rows}
 
 
 def audio_json(a: AudioFile) -> dict[str, Any]:
@@ -149,6 +174,19 @@ def audio_json(a: AudioFile) -> dict[str, Any]:
         "loudness_lufs": a.loudness_lufs,
         "created_by": a.created_by,
         "created_at": _iso(a.created_at),
+    }
+
+
+def preset_json(p: Preset, a: AudioFile) -> dict[str, Any]:
+    return {
+        "key": p.key,
+        "title": p.title,
+        "text": p.text,
+        "audio_sha256": a.sha256,
+        "duration_ms": a.duration_ms,
+        "size_bytes": a.size_bytes,
+        "updated_by": p.updated_by,
+        "updated_at": _iso(p.updated_at),
     }
 
 
@@ -243,9 +281,9 @@ def create_zone() -> tuple[Response, int]:
 @require_role(Role.VIEWER)
 def list_devices() -> Response:
     with db().session() as session:
-        return jsonify(
-            [device_json(d) for d in session.scalars(select(Device).order_by(Device.id))]
-        )
+        versions = _config_versions(session)
+        devices = session.scalars(select(Device).order_by(Device.id))
+        return jsonify([device_json(d, versions.get(d.id)) for d in devices])
 
 
 @bp.get("/devices/<device_id>")
@@ -255,7 +293,8 @@ def get_device(device_id: str) -> Response:
         device = session.get(Device, device_id)
         if device is None:
             raise ApiError(404, "not_found", f"no device {device_id!r}")
-        return jsonify(device_json(device))
+        record = session.get(DeviceConfigRecord, device_id)
+        return jsonify(device_json(device, record.version if record else None))
 
 
 @bp.post("/devices")
@@ -340,6 +379,63 @@ def upload_audio() -> tuple[Response, int]:
             session.add(audio)
             status = 201
         return jsonify(audio_json(audio)), status
+
+
+_PRESET_ORDER = {spec.key: i for i, spec in enumerate(PRESETS)}
+
+
+@bp.get("/presets")
+@require_role(Role.VIEWER)
+def list_presets() -> Response:
+    with db().session() as session:
+        rows = sorted(
+            session.execute(select(Preset, AudioFile).join(AudioFile)).all(),
+            key=lambda row: (_PRESET_ORDER.get(row[0].key, len(_PRESET_ORDER)), row[0].key),
+        )
+        return jsonify([preset_json(p, a) for p, a in rows])
+
+
+@bp.get("/presets/<key>")
+@require_role(Role.VIEWER)
+def get_preset(key: str) -> Response:
+    with db().session() as session:
+        preset = session.get(Preset, key)
+        if preset is None:
+            raise ApiError(404, "not_found", f"no preset {key!r}")
+        return jsonify(preset_json(preset, preset.audio))
+
+
+@bp.put("/presets/<key>")
+@require_role(Role.OPERATOR)
+def replace_preset(key: str) -> Response:
+    """Staff replace a preset's audio (an upload or a recording); every device refetches it."""
+    spec = SPECS.get(key)
+    if spec is None:
+        raise ApiError(404, "not_found", f"no preset {key!r}")
+    body = parse_body(PresetBody)
+    with db().session() as session:
+        audio = session.get(AudioFile, body.audio_sha256)
+        if audio is None:
+            raise ApiError(422, "invalid", "unknown audio", field="audio_sha256")
+        if key == GONG_KEY and audio.duration_ms > MAX_GONG_MS:
+            raise ApiError(
+                422,
+                "invalid",
+                f"the gong plays around every announcement: at most {MAX_GONG_MS // 1000} s",
+                field="audio_sha256",
+            )
+        preset = session.get(Preset, key)
+        if preset is None:  # replaced before it was ever generated
+            preset = Preset(key=key, title=spec.title)
+            session.add(preset)
+        if preset.audio_sha256 != audio.sha256:
+            preset.audio_sha256 = audio.sha256
+            preset.text = None  # no longer the spoken default
+        preset.updated_by = _user_id()
+        preset.updated_at = datetime.now(UTC)
+        bump_config_revision(session)  # the worker pushes the new config to every device
+        log.info("preset %s set to audio %s by %s", key, audio.sha256, current_user.username)
+        return jsonify(preset_json(preset, audio))
 
 
 @bp.get("/schedules")

@@ -67,5 +67,19 @@ class Database:
                 session.rollback()
                 raise
 
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session that holds the write lock from its start, for read-then-write work.
+
+        SQLite (WAL) refuses at once, with "database is locked", a write from a transaction
+        that read before another connection committed; savepoints open such a transaction.
+        BEGIN IMMEDIATE takes the lock first (waiting up to busy_timeout) so that never happens.
+        Other databases need nothing: their row locks and MVCC already handle it.
+        """
+        with self.session() as session:
+            if self.engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+            yield session
+
     def dispose(self) -> None:
         self.engine.dispose()

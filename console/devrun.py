@@ -26,6 +26,7 @@ from console.accounts import ensure_first_admin
 from console.broker import BrokerProcess, BrokerSettings, DynsecAdmin, free_port
 from console.db import Database, upgrade
 from console.models import AudioFile, Device, Schedule, Zone, ZoneKind
+from console.presets import ensure_presets
 from console.provisioning import register_device, reissue_credentials
 from console.settings import Settings, write_new_instance
 
@@ -210,6 +211,11 @@ def run(instance_dir: Path, welcome_delay_s: float = 20.0) -> int:
         with db.session() as session:
             first_password = ensure_first_admin(session)
             n_devices = session.scalar(select(func.count(Device.id)))
+        started = time.monotonic()
+        created = ensure_presets(db, settings.media_dir)  # before the worker pushes configs
+        if created:
+            took = time.monotonic() - started
+            print(f"  Emergency presets generated: {len(created)} in {took:.1f} s", flush=True)
         py = sys.executable
         base = [py, "-m", "console", "--instance", str(instance_dir)]
         children.start("web", [*base, "web"])

@@ -129,7 +129,9 @@ class Ingest:
                 return
 
     def handle_batch(self, batch: list[Incoming]) -> None:
-        with self.db.session() as session:
+        # The write lock first: a web or config write committed while a message is being
+        # stored must not make SQLite refuse (and so lose) it.
+        with self.db.write_session() as session:
             for item in batch:
                 try:
                     with session.begin_nested():

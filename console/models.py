@@ -1,4 +1,4 @@
-"""The database: the truth for users, zones, devices, audio, schedules, broadcasts, deliveries.
+"""The database: the truth for users, zones, devices, audio, presets, schedules, broadcasts.
 
 The schema is owned by Alembic (console/migrations); these classes mirror it.
 """
@@ -159,6 +159,23 @@ class AudioFile(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Preset(Base):
+    """An emergency announcement (or the gong) kept on every device, named by a stable key."""
+
+    __tablename__ = "presets"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    # The Vietnamese text the audio was spoken from; None for the gong and for staff audio.
+    text: Mapped[str | None] = mapped_column(Text)
+    # No cascade: audio a preset plays cannot be deleted (as for schedules).
+    audio_sha256: Mapped[str] = mapped_column(ForeignKey("audio_files.sha256"), index=True)
+    updated_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    audio: Mapped[AudioFile] = relationship()
+
+
 class Schedule(Base):
     __tablename__ = "schedules"
 
@@ -275,3 +292,22 @@ class IngestCounter(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DeviceConfigRecord(Base):
+    """The retained config the worker keeps for one device: its version and what it holds.
+
+    Not a foreign key to devices: the record outlives a decommissioned device, so its
+    retained config is cleared and a re-registered id carries on from the same version.
+    """
+
+    __tablename__ = "device_configs"
+
+    device_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    # Goes up by one whenever the content changes (or is cleared): monotonic per device.
+    version: Mapped[int] = mapped_column(Integer)
+    # sha256 of the content (zones, volume, presets); "" once cleared.
+    digest: Mapped[str] = mapped_column(String(64))
+    # The version the broker last confirmed (None: never published).
+    published_version: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -68,6 +68,8 @@ class ConsoleLink:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+        # paho closes its loop's wake-up sockets only in Client.__del__ (see firmware_bridge/link)
+        self._client._reset_sockets(sockpair_only=True)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
@@ -101,6 +103,14 @@ class ConsoleLink:
     ) -> None:
         """Publish and wait until the broker has it (QoS 1: PUBACK received)."""
         info = self._client.publish(topic, protocol.encode(message), qos=qos, retain=retain)
+        self._confirm(info, topic, timeout_s)
+
+    def clear_retained(self, topic: str, *, qos: int = 1, timeout_s: float = 5.0) -> None:
+        """Remove a retained message (an empty retained payload, as MQTT defines it)."""
+        self._confirm(self._client.publish(topic, b"", qos=qos, retain=True), topic, timeout_s)
+
+    @staticmethod
+    def _confirm(info: mqtt.MQTTMessageInfo, topic: str, timeout_s: float) -> None:
         try:
             info.wait_for_publish(timeout_s)
         except (RuntimeError, ValueError) as exc:

@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 from sqlalchemy.orm import Session
 
 from console.broker import DynsecAdmin
+from console.device_config import bump_config_revision
 from console.models import Device, Zone
 from console.security import new_secret, secret_digest
 from console.settings import Settings
@@ -134,6 +135,7 @@ def register_device(
         secret_sha256="",
     )
     session.add(device)
+    bump_config_revision(session)  # the worker publishes its retained config
     return _issue(session, admin, settings, device, state_dir)
 
 
@@ -152,9 +154,13 @@ def reissue_credentials(
 
 
 def decommission_device(session: Session, admin: DynsecAdmin, device_id: str) -> None:
-    """Revoke the broker account and remove the device; the caller commits."""
+    """Revoke the broker account and remove the device; the caller commits.
+
+    The worker then clears the device's retained config on the broker.
+    """
     device = session.get(Device, device_id)
     if device is None:
         raise ProvisioningError(f"unknown device {device_id!r}")
     admin.revoke_device(device_id)
     session.delete(device)
+    bump_config_revision(session)

@@ -1,7 +1,7 @@
-"""The console worker: the ONE process that runs the scheduler and the ingest.
+"""The console worker: the ONE process that runs the scheduler, the ingest and the config push.
 
-It wires `scheduler` (time) to the database (schedules, broadcasts) and MQTT (commands out,
-facts in). Web workers never run it.
+It wires `scheduler` (time) to the database (schedules, broadcasts) and MQTT (commands and
+retained device configs out, facts in). Web workers never run it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from console.broadcasts import BroadcastRequest, record_missed, send_broadcast
 from console.db import Database
+from console.device_config import ConfigPusher
 from console.ingest import SUBSCRIPTIONS, Ingest
 from console.models import Schedule, WorkerState
 from console.mqtt_link import ConsoleLink
@@ -94,8 +95,9 @@ class Worker:
             tz=ZoneInfo(settings.site_timezone),
             grace_s=settings.misfire_grace_s,
         )
+        self.configs = ConfigPusher(db, self.link, settings.public_base_url, clock.now)
         self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def _request(self, occurrence: Occurrence, fire_at: datetime) -> BroadcastRequest | None:
         with self.db.session() as session:
@@ -146,16 +148,22 @@ class Worker:
         self.ingest.start()
         self.link.start()
         self.scheduler.start()
-        self._watcher = threading.Thread(
-            target=self._watch_schedules, args=(poll_s,), name="schedule-watch", daemon=True
-        )
-        self._watcher.start()
+        self._threads = [
+            threading.Thread(
+                target=self._watch_schedules, args=(poll_s,), name="schedule-watch", daemon=True
+            ),
+            threading.Thread(
+                target=self.configs.run, args=(self._stop, poll_s), name="config-push", daemon=True
+            ),
+        ]
+        for thread in self._threads:
+            thread.start()
         log.info("console worker running")
 
     def stop(self) -> None:
         self._stop.set()
-        if self._watcher is not None:
-            self._watcher.join(5)
+        for thread in self._threads:
+            thread.join(5)
         self.scheduler.shutdown()
         self.link.stop()
         self.ingest.stop()
