@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import tempfile
 import uuid
@@ -28,7 +29,6 @@ from console.models import (
     DeviceConfigRecord,
     Preset,
     Role,
-    Schedule,
     Zone,
     ZoneKind,
 )
@@ -37,8 +37,6 @@ from console.provisioning import ProvisioningError, register_device
 from console.services import broker_admin, console_link, settings
 from console.zones import ZoneError, zone_parents
 from device_profiles import protocol
-from scheduler import RuleError
-from scheduler.rules import parse_rule
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 M = TypeVar("M", bound=BaseModel)
@@ -84,17 +82,6 @@ class DeviceBody(Body):
     longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
 
 
-class ScheduleBody(Body):
-    name: Name
-    audio_sha256: Sha256
-    rule: dict[str, Any]
-    zone_ids: Annotated[list[ZoneId], Field(min_length=1, max_length=200)]
-    priority: Literal["scheduled", "live"] = "scheduled"
-    volume_pct: Annotated[int, Field(ge=0, le=100)] | None = None
-    gong: bool = False
-    enabled: bool = True
-
-
 class BroadcastBody(Body):
     audio_sha256: Sha256
     zone_ids: Annotated[list[ZoneId], Field(min_length=1, max_length=200)]
@@ -126,11 +113,11 @@ def parse_body(model: type[M]) -> M:
         raise ApiError(422, "invalid", f"{field}: {err['msg']}", field=field) from None
 
 
-def _iso(when: datetime | None) -> str | None:
+def iso(when: datetime | None) -> str | None:
     return when.astimezone(UTC).isoformat().replace("+00:00", "Z") if when else None
 
 
-def _user_id() -> int | None:
+def user_id() -> int | None:
     return int(current_user.id) if current_user.is_authenticated else None
 
 
@@ -150,7 +137,7 @@ def device_json(d: Device, config_version: int | None = None) -> dict[str, Any]:
         "latitude": d.latitude,
         "longitude": d.longitude,
         "online": d.online,
-        "last_seen_at": _iso(d.last_seen_at),
+        "last_seen_at": iso(d.last_seen_at),
         # The retained config the console holds for it; state.config_version: what it applied.
         "config_version": config_version,
         "state": d.state,
@@ -173,7 +160,7 @@ def audio_json(a: AudioFile) -> dict[str, Any]:
         "mime": a.mime,
         "loudness_lufs": a.loudness_lufs,
         "created_by": a.created_by,
-        "created_at": _iso(a.created_at),
+        "created_at": iso(a.created_at),
     }
 
 
@@ -186,23 +173,7 @@ def preset_json(p: Preset, a: AudioFile) -> dict[str, Any]:
         "duration_ms": a.duration_ms,
         "size_bytes": a.size_bytes,
         "updated_by": p.updated_by,
-        "updated_at": _iso(p.updated_at),
-    }
-
-
-def schedule_json(s: Schedule) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "name": s.name,
-        "audio_sha256": s.audio_sha256,
-        "rule": s.rule,
-        "zone_ids": s.zone_ids,
-        "priority": s.priority,
-        "volume_pct": s.volume_pct,
-        "gong": s.gong,
-        "enabled": s.enabled,
-        "created_at": _iso(s.created_at),
-        "updated_at": _iso(s.updated_at),
+        "updated_at": iso(p.updated_at),
     }
 
 
@@ -214,10 +185,10 @@ def broadcast_json(session: Session, b: Broadcast, with_deliveries: bool) -> dic
         "priority": b.priority,
         "zone_ids": b.zone_ids,
         "status": b.status.value,
-        "scheduled_for": _iso(b.scheduled_for),
-        "fired_at": _iso(b.fired_at),
-        "play_at": _iso(b.play_at),
-        "expires_at": _iso(b.expires_at),
+        "scheduled_for": iso(b.scheduled_for),
+        "fired_at": iso(b.fired_at),
+        "play_at": iso(b.play_at),
+        "expires_at": iso(b.expires_at),
         "summary": delivery_summary(session, b.id),
     }
     if with_deliveries:
@@ -226,9 +197,9 @@ def broadcast_json(session: Session, b: Broadcast, with_deliveries: bool) -> dic
                 "device_id": d.device_id,
                 "status": d.status.value,
                 "reason": d.reason,
-                "received_at": _iso(d.received_at),
-                "started_at": _iso(d.started_at),
-                "ended_at": _iso(d.ended_at),
+                "received_at": iso(d.received_at),
+                "started_at": iso(d.started_at),
+                "ended_at": iso(d.ended_at),
             }
             for d in b.deliveries
         ]
@@ -240,7 +211,7 @@ def broadcast_json(session: Session, b: Broadcast, with_deliveries: bool) -> dic
 
 @bp.get("/health")
 def health() -> Response:
-    return jsonify({"status": "ok", "time": _iso(datetime.now(UTC))})
+    return jsonify({"status": "ok", "time": iso(datetime.now(UTC))})
 
 
 @bp.post("/auth/token")
@@ -374,7 +345,7 @@ def upload_audio() -> tuple[Response, int]:
                 size_bytes=meta.size_bytes,
                 mime=meta.mime,
                 loudness_lufs=meta.loudness_lufs,
-                created_by=_user_id(),
+                created_by=user_id(),
             )
             session.add(audio)
             status = 201
@@ -431,64 +402,18 @@ def replace_preset(key: str) -> Response:
         if preset.audio_sha256 != audio.sha256:
             preset.audio_sha256 = audio.sha256
             preset.text = None  # no longer the spoken default
-        preset.updated_by = _user_id()
+        preset.updated_by = user_id()
         preset.updated_at = datetime.now(UTC)
         bump_config_revision(session)  # the worker pushes the new config to every device
         log.info("preset %s set to audio %s by %s", key, audio.sha256, current_user.username)
         return jsonify(preset_json(preset, audio))
 
 
-@bp.get("/schedules")
-@require_role(Role.VIEWER)
-def list_schedules() -> Response:
-    with db().session() as session:
-        rows = session.scalars(select(Schedule).order_by(Schedule.id))
-        return jsonify([schedule_json(s) for s in rows])
-
-
-def _check_zones(session: Session, zone_ids: list[str]) -> None:
+def check_zones(session: Session, zone_ids: list[str]) -> None:
     parents = zone_parents(session)
     unknown = [z for z in zone_ids if z not in parents]
     if unknown:
-        raise ApiError(422, "invalid", f"unknown zone {unknown[0]!r}", field="zone_ids")
-
-
-@bp.post("/schedules")
-@require_role(Role.OPERATOR)
-def create_schedule() -> tuple[Response, int]:
-    body = parse_body(ScheduleBody)
-    try:
-        rule = parse_rule(body.rule)
-    except RuleError as exc:
-        raise ApiError(422, "invalid_rule", str(exc), field="rule") from None
-    with db().session() as session:
-        _check_zones(session, body.zone_ids)
-        if session.get(AudioFile, body.audio_sha256) is None:
-            raise ApiError(422, "invalid", "unknown audio", field="audio_sha256")
-        schedule = Schedule(
-            name=body.name,
-            audio_sha256=body.audio_sha256,
-            rule=rule.model_dump(mode="json"),
-            zone_ids=sorted(set(body.zone_ids)),
-            priority=body.priority,
-            volume_pct=body.volume_pct,
-            gong=body.gong,
-            enabled=body.enabled,
-            created_by=_user_id(),
-        )
-        session.add(schedule)
-        session.flush()
-        return jsonify(schedule_json(schedule)), 201
-
-
-@bp.get("/schedules/<int:schedule_id>")
-@require_role(Role.VIEWER)
-def get_schedule(schedule_id: int) -> Response:
-    with db().session() as session:
-        schedule = session.get(Schedule, schedule_id)
-        if schedule is None:
-            raise ApiError(404, "not_found", f"no schedule {schedule_id}")
-        return jsonify(schedule_json(schedule))
+        raise ApiError(422, "invalid", f"zone_ids: unknown zone {unknown[0]!r}", field="zone_ids")
 
 
 @bp.get("/broadcasts")
@@ -522,7 +447,7 @@ def create_broadcast() -> tuple[Response, int]:
     body = parse_body(BroadcastBody)
     cfg = settings()
     with db().session() as session:
-        _check_zones(session, body.zone_ids)
+        check_zones(session, body.zone_ids)
     req = BroadcastRequest(
         broadcast_id=f"b-{uuid.uuid4().hex[:24]}",
         audio_sha256=body.audio_sha256,
@@ -535,7 +460,7 @@ def create_broadcast() -> tuple[Response, int]:
         gong=body.gong,
         repeat=body.repeat,
         title=body.title,
-        created_by=_user_id(),
+        created_by=user_id(),
     )
     try:
         broadcast = send_broadcast(db(), console_link(), req, cfg.public_base_url)
@@ -554,7 +479,7 @@ def stop() -> tuple[Response, int]:
     """STOP one broadcast (target_id) or everything, on the chosen zones (default: all)."""
     body = parse_body(StopBody)
     with db().session() as session:
-        _check_zones(session, body.zone_ids)
+        check_zones(session, body.zone_ids)
         parents = zone_parents(session)
     zones = body.zone_ids or sorted(z for z, p in parents.items() if p is None)
     if not zones:
@@ -594,7 +519,13 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     return _error(exc.code or 500, code, exc.description or code)
 
 
+# Routes kept in their own modules, on the same blueprint (they import this one).
+ROUTE_MODULES = ("console.api_schedules", "console.api_communes")
+
+
 def register_api(app: Flask, csrf: CSRFProtect) -> None:
+    for module in ROUTE_MODULES:
+        importlib.import_module(module)
     csrf.exempt(bp)
     app.register_blueprint(bp)
 

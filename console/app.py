@@ -14,6 +14,7 @@ from console import api, media, services, web
 from console.auth import init_auth
 from console.db import Database
 from console.settings import Settings
+from scheduler import Clock, SystemClock
 
 STATUS_LABELS = {
     "pending": _l("No answer"),
@@ -34,7 +35,7 @@ def select_locale() -> str:
     return "vi"
 
 
-def create_app(settings: Settings, db: Database | None = None) -> Flask:
+def create_app(settings: Settings, db: Database | None = None, clock: Clock | None = None) -> Flask:
     app = Flask(__name__)
     app.config.update(
         SECRET_KEY=settings.secret_key.get_secret_value(),
@@ -46,7 +47,7 @@ def create_app(settings: Settings, db: Database | None = None) -> Flask:
         BABEL_TRANSLATION_DIRECTORIES="translations",
         JSON_SORT_KEYS=False,
     )
-    services.install(app, settings, db or Database(settings.database_url))
+    services.install(app, settings, db or Database(settings.database_url), clock or SystemClock())
     Babel(app, locale_selector=select_locale)
     csrf = CSRFProtect(app)
     init_auth(app)

@@ -6,13 +6,14 @@ The schema is owned by Alembic (console/migrations); these classes mirror it.
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     ForeignKey,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    Time,
     TypeDecorator,
     UniqueConstraint,
 )
@@ -188,11 +190,42 @@ class Schedule(Base):
     volume_pct: Mapped[int | None] = mapped_column(Integer)
     gong: Mapped[bool] = mapped_column(Boolean, default=False)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # What staff chose when it was saved over another item: "refuse" or "queue_after".
+    on_conflict: Mapped[str] = mapped_column(String(16), default="refuse", server_default="refuse")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     audio: Mapped[AudioFile] = relationship()
+
+
+class CommuneSettings(Base):
+    """A commune's own scheduling rules; no row means the defaults (quiet 22:00–05:00)."""
+
+    __tablename__ = "commune_settings"
+
+    zone_id: Mapped[str] = mapped_column(
+        ForeignKey("zones.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Site-local wall-clock span [start, end), wrapping midnight; equal means none.
+    quiet_start: Mapped[time] = mapped_column(Time)
+    quiet_end: Mapped[time] = mapped_column(Time)
+    updated_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Holiday(Base):
+    """A day of a commune's holiday calendar: its routine recurring schedules stay silent."""
+
+    __tablename__ = "holidays"
+    __table_args__ = (UniqueConstraint("zone_id", "day"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    zone_id: Mapped[str] = mapped_column(ForeignKey("zones.id", ondelete="CASCADE"))
+    day: Mapped[date] = mapped_column(Date)  # site-local date
+    name: Mapped[str] = mapped_column(String(200))
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class BroadcastStatus(enum.StrEnum):

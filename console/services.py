@@ -11,6 +11,7 @@ from console.broker import DynsecAdmin
 from console.db import Database
 from console.mqtt_link import ConsoleLink
 from console.settings import Settings
+from scheduler import Clock
 
 _LINK_LOCK = threading.Lock()
 
@@ -38,6 +39,11 @@ def console_link() -> ConsoleLink:
         return link
 
 
+def clock() -> Clock:
+    """The web process's clock (a FakeClock in tests): the API's idea of now."""
+    return cast(Clock, current_app.extensions["loa_clock"])
+
+
 def broker_admin() -> DynsecAdmin:
     broker = settings().broker
     return DynsecAdmin(
@@ -45,9 +51,10 @@ def broker_admin() -> DynsecAdmin:
     )
 
 
-def install(app: Flask, cfg: Settings, db: Database) -> None:
+def install(app: Flask, cfg: Settings, db: Database, clock: Clock) -> None:
     app.extensions["loa_settings"] = cfg
     app.extensions["loa_db"] = db
+    app.extensions["loa_clock"] = clock
 
 
 def close(app: Flask) -> None:

@@ -15,11 +15,13 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from console.broadcasts import BroadcastRequest, record_missed, send_broadcast
+from console.communes import ZoneTree, holidays_by_commune
 from console.db import Database
 from console.device_config import ConfigPusher
 from console.ingest import SUBSCRIPTIONS, Ingest
-from console.models import Schedule, WorkerState
+from console.models import Holiday, Schedule, WorkerState
 from console.mqtt_link import ConsoleLink
+from console.programme import queue_wait, schedule_holidays
 from console.settings import Settings
 from device_profiles import protocol
 from scheduler import Clock, Occurrence, RuleError, SchedulerService, ScheduleSpec, SystemClock
@@ -38,13 +40,19 @@ class DbScheduleSource:
         self.db = db
 
     def active_schedules(self) -> Iterable[ScheduleSpec]:
+        """Enabled schedules, each with its commune's holidays (which silence recurring rules)."""
         specs = []
         with self.db.session() as session:
+            tree = ZoneTree.load(session)
+            holidays = holidays_by_commune(session)
             for row in session.scalars(select(Schedule).where(Schedule.enabled.is_(True))):
                 try:
-                    specs.append(ScheduleSpec(id=row.id, rule=parse_rule(row.rule)))
+                    rule = parse_rule(row.rule)
                 except RuleError as exc:
                     log.error("schedule %d has an invalid rule, skipped: %s", row.id, exc)
+                    continue
+                days = schedule_holidays(row.zone_ids, tree, holidays)
+                specs.append(ScheduleSpec(id=row.id, rule=rule, holidays=days))
         return specs
 
     def last_checked(self) -> datetime | None:
@@ -60,13 +68,16 @@ class DbScheduleSource:
             elif datetime.fromisoformat(row.value) < when:
                 row.value = when.isoformat()
 
-    def revision(self) -> tuple[int, datetime | None]:
-        """Changes whenever a schedule is added, edited or removed."""
+    def revision(self) -> tuple[int, datetime | None, int, datetime | None]:
+        """Changes whenever a schedule or a holiday is added, edited or removed."""
         with self.db.session() as session:
             count, newest = session.execute(
                 select(func.count(Schedule.id), func.max(Schedule.updated_at))
             ).one()
-            return int(count), newest
+            holidays, newest_holiday = session.execute(
+                select(func.count(Holiday.id), func.max(Holiday.created_at))
+            ).one()
+            return int(count), newest, int(holidays), newest_holiday
 
 
 class Worker:
@@ -87,24 +98,36 @@ class Worker:
             clean_start=False,
         )
         self.source = DbScheduleSource(db)
+        self.tz = ZoneInfo(settings.site_timezone)
         self.scheduler = SchedulerService(
             self.source,
             on_fire=self.fire,
             on_missed=self.missed,
             clock=clock,
-            tz=ZoneInfo(settings.site_timezone),
+            tz=self.tz,
             grace_s=settings.misfire_grace_s,
         )
         self.configs = ConfigPusher(db, self.link, settings.public_base_url, clock.now)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
-    def _request(self, occurrence: Occurrence, fire_at: datetime) -> BroadcastRequest | None:
+    def broadcast_request(
+        self, occurrence: Occurrence, fire_at: datetime, *, for_play: bool = True
+    ) -> BroadcastRequest | None:
+        """The broadcast an occurrence becomes (None if its schedule is gone).
+
+        A device drops a command not started `command_ttl_s` after play_at. When the
+        occurrence clashes with items staff chose to queue one after the other, it may wait
+        behind them on the device: its lifetime is extended by their length.
+        """
         with self.db.session() as session:
             schedule = session.get(Schedule, occurrence.schedule_id)
             if schedule is None:
                 log.warning("occurrence %s: schedule was deleted", occurrence.id)
                 return None
+            ttl = timedelta(seconds=self.settings.command_ttl_s)
+            if for_play:
+                ttl += queue_wait(session, schedule, occurrence.scheduled_at, self.tz)
             return BroadcastRequest(
                 broadcast_id=occurrence.id,
                 audio_sha256=schedule.audio_sha256,
@@ -112,7 +135,7 @@ class Worker:
                 priority=protocol.Priority(schedule.priority),
                 fire_at=fire_at,
                 play_lead=timedelta(seconds=self.settings.play_lead_s),
-                ttl=timedelta(seconds=self.settings.command_ttl_s),
+                ttl=ttl,
                 volume_pct=schedule.volume_pct,
                 gong=schedule.gong,
                 title=schedule.name,
@@ -123,13 +146,13 @@ class Worker:
 
     def fire(self, occurrence: Occurrence) -> None:
         """Send one occurrence; idempotent by its id across restarts and processes."""
-        req = self._request(occurrence, max(self.clock.now(), occurrence.scheduled_at))
+        req = self.broadcast_request(occurrence, max(self.clock.now(), occurrence.scheduled_at))
         if req is not None:
             send_broadcast(self.db, self.link, req, self.settings.public_base_url)
 
     def missed(self, occurrence: Occurrence) -> None:
         """Record an occurrence that was too late to play: never played late."""
-        req = self._request(occurrence, self.clock.now())
+        req = self.broadcast_request(occurrence, self.clock.now(), for_play=False)
         if req is not None and record_missed(self.db, req):
             log.warning("occurrence %s missed (console was down past the grace)", occurrence.id)
 

@@ -115,6 +115,13 @@ def test_scheduled_broadcast_reaches_one_hamlet_and_is_reported(
         audio = resp.get_json()
         assert audio["mime"] == "audio/mpeg" and 1000 < audio["duration_ms"] < 2000
 
+        # The test runs at any hour: this commune has no quiet hours (start == end).
+        resp = client.put(
+            "/api/v1/communes/xa-e2e/quiet-hours",
+            json={"start": "00:00", "end": "00:00"},
+            headers=token_for(client, "admin"),
+        )
+        assert resp.status_code == 200, resp.get_json()
         at = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
         at = at.astimezone(ZoneInfo("Asia/Ho_Chi_Minh"))
         resp = client.post(
