@@ -1,0 +1,161 @@
+"""Firing is idempotent end to end: two console workers started by mistake, or a worker
+restarted across an occurrence, publish each occurrence once; one missed during downtime is
+recorded missed and never played late."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from flask.testing import FlaskClient
+from paho.mqtt.enums import CallbackAPIVersion
+
+from console.db import Database
+from console.models import AudioFile, Schedule
+from console.settings import Settings
+from console.worker import build_worker
+from device_profiles import protocol
+from tests.conftest import Broker, wait_for
+from tests.console.conftest import token_for
+
+ZONE = {"id": "xa-fire1", "name": "Xã Một Lần", "kind": "commune"}
+SHA = "c" * 64
+
+
+class ZoneWatcher:
+    """Counts the commands published to one zone topic (as every bridge there receives them)."""
+
+    def __init__(self, broker: Broker, zone_id: str) -> None:
+        self.commands: list[protocol.PlayCommand | protocol.StopCommand] = []
+        subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        self.client.username_pw_set(broker.console_username, broker.console_password)
+        self.client.on_connect = lambda c, *_: c.subscribe(protocol.zone_command_topic(zone_id), 1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.commands.append(
+            protocol.decode_command(m.payload)
+        )
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert subscribed.wait(10)
+
+    def ids(self) -> list[str]:
+        return [c.id for c in self.commands]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.client._reset_sockets(sockpair_only=True)
+
+
+@pytest.fixture
+def watcher(client: FlaskClient, mqtt_broker: Broker) -> Iterator[ZoneWatcher]:
+    assert (
+        client.post("/api/v1/zones", json=ZONE, headers=token_for(client, "admin")).status_code
+        == 201
+    )
+    w = ZoneWatcher(mqtt_broker, ZONE["id"])
+    yield w
+    w.close()
+
+
+def add_schedule(db: Database, at: datetime) -> int:
+    """A once schedule straight into the database (the API refuses past times and, at night,
+    quiet hours; here the firing itself is under test)."""
+    with db.session() as session:
+        if session.get(AudioFile, SHA) is None:
+            session.add(
+                AudioFile(
+                    sha256=SHA, name="Thử", original_name="thu.wav", duration_ms=1000,
+                    size_bytes=8000, mime="audio/mpeg", loudness_lufs=-16.0,
+                )
+            )  # fmt: skip
+        schedule = Schedule(
+            name="Một lần",
+            audio_sha256=SHA,
+            rule={"kind": "once", "at": at.isoformat()},
+            zone_ids=[ZONE["id"]],
+            priority="scheduled",
+            volume_pct=None,
+            gong=False,
+            enabled=True,
+            created_by=None,
+        )
+        session.add(schedule)
+        session.flush()
+        return schedule.id
+
+
+def broadcasts(client: FlaskClient, schedule_id: int) -> list[dict[str, Any]]:
+    viewer = token_for(client, "viewer")
+    resp = client.get(f"/api/v1/broadcasts?schedule_id={schedule_id}", headers=viewer)
+    assert resp.status_code == 200
+    return resp.get_json()  # type: ignore[no-any-return]
+
+
+def test_two_workers_started_by_mistake_fire_an_occurrence_once(
+    client: FlaskClient, settings: Settings, db: Database, watcher: ZoneWatcher
+) -> None:
+    at = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)
+    schedule_id = add_schedule(db, at)
+    workers = [build_worker(settings, db=db), build_worker(settings, db=db)]
+    for worker in workers:
+        worker.start(poll_s=0.2)
+    try:
+        wait_for(lambda: watcher.commands, 20, "the occurrence to be published")
+        time.sleep(3)  # time for a second publish, were there one
+    finally:
+        for worker in workers:
+            worker.stop()
+    occurrence = f"s{schedule_id}-{at:%Y%m%dT%H%M%SZ}"
+    assert watcher.ids() == [occurrence]
+    [broadcast] = broadcasts(client, schedule_id)
+    assert broadcast["id"] == occurrence and broadcast["status"] != "missed"
+
+
+def test_a_worker_restarted_after_an_occurrence_does_not_fire_it_again(
+    client: FlaskClient, settings: Settings, db: Database, watcher: ZoneWatcher
+) -> None:
+    at = (datetime.now(UTC) + timedelta(seconds=3)).replace(microsecond=0)
+    schedule_id = add_schedule(db, at)
+    worker = build_worker(settings, db=db)
+    worker.start(poll_s=0.2)
+    try:
+        wait_for(lambda: watcher.commands, 20, "the occurrence to be published")
+    finally:
+        worker.stop()
+    restarted = build_worker(settings, db=db)
+    restarted.start(poll_s=0.2)
+    try:
+        time.sleep(3)  # its catch-up runs at start
+    finally:
+        restarted.stop()
+    assert len(watcher.ids()) == 1
+    assert len(broadcasts(client, schedule_id)) == 1
+
+
+def test_an_occurrence_missed_during_downtime_is_recorded_and_never_played(
+    client: FlaskClient, settings: Settings, db: Database, watcher: ZoneWatcher
+) -> None:
+    late = settings.model_copy(update={"misfire_grace_s": 1.0})
+    worker = build_worker(late, db=db)
+    worker.start(poll_s=0.2)  # it ran: the console knows up to when all was accounted for
+    worker.stop()
+    at = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
+    schedule_id = add_schedule(db, at)  # due while no worker runs
+    wait_for(lambda: datetime.now(UTC) > at + timedelta(seconds=3), 10, "the grace to pass")
+    restarted = build_worker(late, db=db)
+    restarted.start(poll_s=0.2)
+    try:
+        [missed] = wait_for(lambda: broadcasts(client, schedule_id), 20, "the missed record")
+        time.sleep(2)
+    finally:
+        restarted.stop()
+    assert missed["status"] == "missed"
+    assert missed["id"] == f"s{schedule_id}-{at:%Y%m%dT%H%M%SZ}"
+    assert watcher.ids() == []  # late by more than the grace: never played
