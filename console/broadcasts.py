@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,7 +24,7 @@ from console.models import (
     Delivery,
     DeliveryStatus,
 )
-from console.mqtt_link import ConsoleLink
+from console.mqtt_link import ConsoleLink, LinkError
 from console.zones import devices_in_zones, minimal_cover, zone_parents
 from device_profiles import ProfileError, load_profile, protocol
 
@@ -134,7 +134,9 @@ def send_broadcast(
 ) -> Broadcast | None:
     """Record and publish; None when this id was already sent (idempotent)."""
     try:
-        with db.session() as session:
+        # The write lock first: SQLite would otherwise refuse the insert of a transaction
+        # that read before another connection wrote ("database is locked").
+        with db.write_session() as session:
             broadcast = record_broadcast(session, req)
             audio = session.get(AudioFile, req.audio_sha256)
             assert audio is not None
@@ -143,9 +145,20 @@ def send_broadcast(
     except IntegrityError:
         log.info("broadcast %s was already sent; not sending again", req.broadcast_id)
         return None
-    link.publish_command(zones, command)
+    try:
+        link.publish_command(zones, command)
+    except LinkError:
+        _release_claim(db, req.broadcast_id)  # so that a retry can send it
+        raise
     log.info("broadcast %s sent to zones %s", broadcast.id, ",".join(zones))
     return broadcast
+
+
+def _release_claim(db: Database, broadcast_id: str) -> None:
+    """Remove a recorded broadcast the broker never accepted (it reached no device)."""
+    with db.write_session() as session:
+        session.execute(delete(Delivery).where(Delivery.broadcast_id == broadcast_id))
+        session.execute(delete(Broadcast).where(Broadcast.id == broadcast_id))
 
 
 def record_missed(db: Database, req: BroadcastRequest) -> bool:

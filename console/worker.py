@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from console.broadcasts import BroadcastRequest, record_missed, send_broadcast
 from console.communes import ZoneTree, holidays_by_commune
@@ -20,7 +21,7 @@ from console.db import Database
 from console.device_config import ConfigPusher
 from console.ingest import SUBSCRIPTIONS, Ingest
 from console.models import Holiday, Schedule, WorkerState
-from console.mqtt_link import ConsoleLink
+from console.mqtt_link import ConsoleLink, LinkError
 from console.programme import queue_wait, schedule_holidays
 from console.settings import Settings
 from device_profiles import protocol
@@ -30,6 +31,7 @@ from scheduler.rules import parse_rule
 log = logging.getLogger(__name__)
 
 LAST_CHECKED_KEY = "scheduler.last_checked"
+FIRE_RETRY_S = 0.5
 WORKER_CLIENT_ID = "console-worker"
 
 
@@ -86,6 +88,7 @@ class Worker:
         self.db = db
         self.clock = clock
         self.ingest = Ingest(db, clock=clock.now)
+        self._fire_lock = threading.Lock()
         broker = settings.broker
         self.link = ConsoleLink(
             broker.host,
@@ -145,10 +148,30 @@ class Worker:
             )
 
     def fire(self, occurrence: Occurrence) -> None:
-        """Send one occurrence; idempotent by its id across restarts and processes."""
-        req = self.broadcast_request(occurrence, max(self.clock.now(), occurrence.scheduled_at))
-        if req is not None:
-            send_broadcast(self.db, self.link, req, self.settings.public_base_url)
+        """Send one occurrence; idempotent by its id across restarts and processes.
+
+        Fires run one at a time (SQLite has one writer; concurrent fires starved each other
+        past the busy timeout). A database or broker failure is retried until the grace runs
+        out; then the occurrence is recorded missed, so it is never lost silently.
+        """
+        deadline = occurrence.scheduled_at + timedelta(seconds=self.settings.misfire_grace_s)
+        with self._fire_lock:
+            while True:
+                now = self.clock.now()
+                req = self.broadcast_request(occurrence, max(now, occurrence.scheduled_at))
+                if req is None:
+                    return
+                try:
+                    send_broadcast(self.db, self.link, req, self.settings.public_base_url)
+                    return
+                except (OperationalError, LinkError) as exc:
+                    if now + timedelta(seconds=FIRE_RETRY_S) >= deadline:
+                        log.error("occurrence %s could not be sent in time: %s", occurrence.id, exc)
+                        break
+                    log.warning("occurrence %s: %s; retrying", occurrence.id, exc)
+                    if self._stop.wait(FIRE_RETRY_S):
+                        break
+        self.missed(occurrence)
 
     def missed(self, occurrence: Occurrence) -> None:
         """Record an occurrence that was too late to play: never played late."""
