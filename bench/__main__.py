@@ -8,11 +8,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import audio
+from bench import audio, fanout, footprint
+from bench import ingest as ingest_bench
+from bench import scheduler as scheduler_bench
 from bench.report import Section, write_report
 
 BENCHMARKS: dict[str, Callable[[int], Section]] = {
     "audio": audio.run,
+    "fanout": fanout.run,
+    "footprint": footprint.run,
+    "ingest": ingest_bench.run,
+    "scheduler": scheduler_bench.run,
 }
 ROOT = Path(__file__).resolve().parents[1]
 
