@@ -42,10 +42,10 @@ from device_profiles import protocol
 
 FLEET_N = 100  # bridges in the measured fleet process
 SETTLE_S = 3.0  # after every bridge is online, before the idle window
-IDLE_S = 20.0  # the idle window (the web requests run meanwhile: they are another process)
+IDLE_S = 15.0  # the idle window (the web requests run meanwhile: they are another process)
 WEB_DEVICES = 10_000
 WEB_HAMLETS = 100
-HEAVY_REQUESTS = 10  # per run, for the device list and the home page
+HEAVY_REQUESTS = 6  # per run, for the device list and the home page
 LIGHT_REQUESTS = 100  # per run, for the health route
 PROFILE_REQUESTS = 3
 COMMUNE = "xa-footprint"
