@@ -4,16 +4,13 @@ recorded missed and never played late."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 from flask.testing import FlaskClient
-from paho.mqtt.enums import CallbackAPIVersion
 
 from console.db import Database
 from console.models import AudioFile, Schedule
@@ -24,35 +21,26 @@ from device_profiles import protocol
 from scheduler import Occurrence
 from tests.conftest import Broker, wait_for
 from tests.console.conftest import token_for
+from tests.firmware_bridge.mqtt_tools import Listener
 
 ZONE = {"id": "xa-fire1", "name": "Xã Một Lần", "kind": "commune"}
 SHA = "c" * 64
 
 
-class ZoneWatcher:
-    """Counts the commands published to one zone topic (as every bridge there receives them)."""
+class ZoneWatcher(Listener):
+    """The commands published to one zone topic (as every bridge there receives them)."""
 
     def __init__(self, broker: Broker, zone_id: str) -> None:
-        self.commands: list[protocol.PlayCommand | protocol.StopCommand] = []
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2)
-        self.client.username_pw_set(broker.console_username, broker.console_password)
-        self.client.on_connect = lambda c, *_: c.subscribe(protocol.zone_command_topic(zone_id), 1)
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = lambda _c, _u, m: self.commands.append(
-            protocol.decode_command(m.payload)
-        )
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        assert subscribed.wait(10)
+        super().__init__(broker, protocol.zone_command_topic(zone_id))
+
+    @property
+    def commands(self) -> list[protocol.PlayCommand | protocol.StopCommand]:
+        with self._lock:
+            payloads = [p for _, p in self.messages]
+        return [protocol.decode_command(p) for p in payloads]
 
     def ids(self) -> list[str]:
         return [c.id for c in self.commands]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        self.client._reset_sockets(sockpair_only=True)
 
 
 @pytest.fixture

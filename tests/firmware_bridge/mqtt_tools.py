@@ -15,9 +15,10 @@ __all__ = ["Listener", "wait_for"]
 
 
 class Listener:
-    """Subscribed (QoS 1) to every device's uplink with the console's account."""
+    """Subscribed (QoS 1) with the console's account: to every device's uplink by default."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, topic: str = f"{protocol.TOPIC_ROOT}/dev/#") -> None:
+        self.topic = topic
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -33,7 +34,7 @@ class Listener:
             raise AssertionError("the listener could not subscribe")
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        client.subscribe(f"{protocol.TOPIC_ROOT}/dev/#", qos=1)
+        client.subscribe(self.topic, qos=1)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
