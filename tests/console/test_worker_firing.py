@@ -168,8 +168,9 @@ class FlakyLink:
         self.sent.append((list(zone_ids), command))
 
 
-def fire_with(settings: Settings, db: Database, link: FlakyLink) -> Occurrence:
-    worker = build_worker(settings.model_copy(update={"misfire_grace_s": 2.0}), db=db)
+def fire_with(settings: Settings, db: Database, link: FlakyLink, grace_s: float) -> Occurrence:
+    """Fire an occurrence due now (its time is whole seconds, so up to 1 s already past)."""
+    worker = build_worker(settings.model_copy(update={"misfire_grace_s": grace_s}), db=db)
     worker.link = link  # type: ignore[assignment]
     at = datetime.now(UTC).replace(microsecond=0)
     occurrence = Occurrence(schedule_id=add_schedule(db, at), scheduled_at=at)
@@ -181,7 +182,7 @@ def test_a_publish_that_fails_is_retried_within_the_grace(
     client: FlaskClient, settings: Settings, db: Database, watcher: ZoneWatcher
 ) -> None:
     link = FlakyLink(failures=2)
-    occurrence = fire_with(settings, db, link)
+    occurrence = fire_with(settings, db, link, grace_s=10.0)  # room for two retries
     assert [c.id for _, c in link.sent] == [occurrence.id]
     [broadcast] = broadcasts(client, occurrence.schedule_id)
     assert broadcast["status"] == "sent"
@@ -190,6 +191,6 @@ def test_a_publish_that_fails_is_retried_within_the_grace(
 def test_a_publish_that_keeps_failing_is_recorded_missed_not_lost(
     client: FlaskClient, settings: Settings, db: Database, watcher: ZoneWatcher
 ) -> None:
-    occurrence = fire_with(settings, db, FlakyLink(failures=1000))
+    occurrence = fire_with(settings, db, FlakyLink(failures=1000), grace_s=2.0)
     [broadcast] = broadcasts(client, occurrence.schedule_id)
     assert broadcast["id"] == occurrence.id and broadcast["status"] == "missed"
