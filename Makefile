@@ -2,19 +2,23 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup setup-test run test lint bench clean
 
 setup:
 	@scripts/setup.sh
 
+# The suite also drives Debian's Chromium and runs against a PostgreSQL it starts itself.
+setup-test:
+	@scripts/setup.sh --with-browser --with-postgres
+
 run: setup
 	$(PY) -m console run
 
-lint: setup
+lint: setup-test
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 
-test: setup lint
+test: setup-test lint
 	$(PY) -m pytest
 
 bench: setup

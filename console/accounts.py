@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from console.models import Role, User
-from console.security import MIN_PASSWORD_LENGTH, hash_password, new_password
+from console.security import MIN_PASSWORD_LENGTH, check_password, hash_password, new_password
 
 
 class AccountError(ValueError):
@@ -24,6 +24,19 @@ def create_user(session: Session, username: str, password: str, role: Role) -> U
     user = User(username=username, password_hash=hash_password(password), role=role)
     session.add(user)
     session.flush()
+    return user
+
+
+def change_password(session: Session, user_id: int, current: str, new: str) -> User:
+    """Set a user's own new password, after checking the current one."""
+    user = session.get(User, user_id)
+    if user is None or not check_password(user.password_hash, current):
+        raise AccountError("the current password is wrong")
+    if len(new) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    if new == current:
+        raise AccountError("the new password is the same as the current one")
+    user.password_hash = hash_password(new)
     return user
 
 

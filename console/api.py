@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
 from audio_library import AudioError, AudioStore, ImportLimits
-from console.auth import AuthError, authenticate, db, issue_token, require_role
+from console import audit
+from console.auth import AuthError, LoginLocked, authenticate, db, issue_token, require_role
 from console.broadcasts import BroadcastError, BroadcastRequest, delivery_summary, send_broadcast
 from console.device_config import bump_config_revision
 from console.models import (
@@ -218,7 +219,9 @@ def health() -> Response:
 def create_token() -> tuple[Response, int]:
     body = parse_body(TokenBody)
     try:
-        user = authenticate(body.username, body.password)
+        user = authenticate(body.username, body.password, via="api")
+    except LoginLocked:
+        raise ApiError(429, "login_locked", "too many failed logins; try again later") from None
     except AuthError:
         raise ApiError(401, "bad_credentials", "wrong username or password") from None
     token = issue_token(user.id, body.label)
@@ -245,6 +248,7 @@ def create_zone() -> tuple[Response, int]:
             raise ApiError(422, "invalid", f"unknown parent zone {body.parent_id!r}")
         zone = Zone(id=body.id, name=body.name, kind=body.kind, parent_id=body.parent_id)
         session.add(zone)
+        audit.record_here(session, "zone_created", zone.id, name=zone.name, kind=zone.kind.value)
         return jsonify(zone_json(zone)), 201
 
 
@@ -288,6 +292,10 @@ def create_device() -> tuple[Response, int]:
             device = session.get(Device, body.id)
             assert device is not None
             out = device_json(device)
+            audit.record_here(
+                session, "device_registered", device.id, zone_id=device.zone_id,
+                profile=device.profile,
+            )  # fmt: skip
     except (ProvisioningError, ZoneError) as exc:
         raise ApiError(422, "invalid", str(exc)) from None
     out["zones"] = result.zones
@@ -349,6 +357,7 @@ def upload_audio() -> tuple[Response, int]:
             )
             session.add(audio)
             status = 201
+            audit.record_here(session, "audio_added", audio.sha256, name=name)
         return jsonify(audio_json(audio)), status
 
 
@@ -405,6 +414,7 @@ def replace_preset(key: str) -> Response:
         preset.updated_by = user_id()
         preset.updated_at = datetime.now(UTC)
         bump_config_revision(session)  # the worker pushes the new config to every device
+        audit.record_here(session, "preset_replaced", key, audio_sha256=audio.sha256)
         log.info("preset %s set to audio %s by %s", key, audio.sha256, current_user.username)
         return jsonify(preset_json(preset, audio))
 
@@ -470,6 +480,10 @@ def create_broadcast() -> tuple[Response, int]:
     with db().session() as session:
         stored = session.get(Broadcast, broadcast.id)
         assert stored is not None
+        audit.record_here(
+            session, "emergency" if body.priority == "emergency" else "broadcast", stored.id,
+            zone_ids=body.zone_ids, audio_sha256=body.audio_sha256, repeat=body.repeat,
+        )  # fmt: skip
         return jsonify(broadcast_json(session, stored, True)), 201
 
 
@@ -490,6 +504,8 @@ def stop() -> tuple[Response, int]:
         target_id=body.target_id,
     )
     console_link().publish_command(zones, command)
+    with db().session() as session:
+        audit.record_here(session, "stop", command.id, zone_ids=zones, target_id=body.target_id)
     return jsonify({"id": command.id, "zone_ids": zones, "target_id": body.target_id}), 202
 
 

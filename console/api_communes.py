@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, ValidationInfo, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from console import audit
 from console.api import ApiError, Body, Name, bp, iso, parse_body, user_id
 from console.auth import db, require_role
 from console.communes import (
@@ -201,6 +202,7 @@ def set_quiet_hours(zone_id: str) -> Response:
         row.updated_at = clock().now()
         session.flush()
         log.info("quiet hours of %s set to %s by %s", zone_id, quiet_span(quiet), _who())
+        audit.record_here(session, "quiet_hours_set", zone_id, span=quiet_span(quiet))
         return jsonify(quiet_hours_json(zone_id, row))
 
 
@@ -256,6 +258,7 @@ def add_holidays(zone_id: str) -> tuple[Response, int]:
         ]
         session.add_all(rows)
         session.flush()
+        audit.record_here(session, "holiday_added", zone_id, name=body.name, days=len(rows))
         log.info(
             "holiday %r (%d days from %s) added to %s by %s",
             body.name,
@@ -284,5 +287,6 @@ def delete_holiday(zone_id: str, day: str) -> tuple[str, int]:
         if holiday is None:
             raise ApiError(404, "not_found", f"{when.isoformat()} is not a holiday of {zone_id!r}")
         session.delete(holiday)
+        audit.record_here(session, "holiday_removed", zone_id, day=when.isoformat())
         log.info("holiday %s removed from %s by %s", when, zone_id, _who())
         return "", 204

@@ -21,6 +21,7 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from console import audit
 from console.api import (
     ApiError,
     Body,
@@ -313,6 +314,7 @@ def create_schedule() -> tuple[Response, int]:
         session.add(schedule)
         session.flush()
         log.info("schedule %d %r created by %s", schedule.id, schedule.name, _who())
+        audit.record_here(session, "schedule_created", str(schedule.id), name=schedule.name)
         return jsonify(schedule_json(schedule)), 201
 
 
@@ -335,6 +337,7 @@ def edit_schedule(schedule_id: int) -> Response:
         schedule.updated_at = clock().now()
         session.flush()
         log.info("schedule %d %r edited by %s", schedule.id, schedule.name, _who())
+        audit.record_here(session, "schedule_edited", str(schedule.id), name=schedule.name)
         return jsonify(schedule_json(schedule))
 
 
@@ -349,10 +352,12 @@ def delete_schedule(schedule_id: int) -> Response | tuple[str, int]:
         )
         if played is None:
             session.delete(schedule)
+            audit.record_here(session, "schedule_deleted", str(schedule_id), name=schedule.name)
             log.info("schedule %d %r deleted by %s", schedule_id, schedule.name, _who())
             return "", 204
         schedule.enabled = False
         schedule.updated_at = clock().now()
+        audit.record_here(session, "schedule_disabled", str(schedule_id), name=schedule.name)
         log.info(
             "schedule %d %r disabled (it has played) by %s", schedule_id, schedule.name, _who()
         )

@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFProtect
 from console import api, media, services, web
 from console.auth import init_auth
 from console.db import Database
+from console.models import Role
 from console.settings import Settings
 from scheduler import Clock, SystemClock
 
@@ -24,6 +25,13 @@ STATUS_LABELS = {
     "failed": _l("Failed"),
     "preempted": _l("Interrupted"),
     "stopped": _l("Stopped"),
+}
+
+
+ROLE_LABELS = {
+    Role.ADMIN: _l("Administrator"),
+    Role.OPERATOR: _l("Operator"),
+    Role.VIEWER: _l("Viewer"),
 }
 
 
@@ -53,7 +61,7 @@ def create_app(settings: Settings, db: Database | None = None, clock: Clock | No
     init_auth(app)
     api.register_api(app, csrf)
     app.register_blueprint(media.bp)
-    app.register_blueprint(web.bp)
+    web.register_pages(app)
     tz = ZoneInfo(settings.site_timezone)
 
     @app.template_filter("localtime")
@@ -62,7 +70,13 @@ def create_app(settings: Settings, db: Database | None = None, clock: Clock | No
 
     @app.context_processor
     def _globals() -> dict[str, object]:
-        return {"lang": select_locale(), "status_label": lambda s: str(STATUS_LABELS.get(s, s))}
+        return {
+            "lang": select_locale(),
+            "status_label": lambda s: str(STATUS_LABELS.get(s, s)),
+            "role_label": lambda r: str(ROLE_LABELS.get(Role(r), r)),
+            "Role": Role,
+            "nav_items": web.NAV,
+        }
 
     @app.after_request
     def _headers(response):  # type: ignore[no-untyped-def]

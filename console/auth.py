@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Request, abort, current_app, g, request
+from flask import Flask, Request, abort, current_app, g, has_request_context, request
 from flask_login import LoginManager, UserMixin, current_user
 from sqlalchemy import select
 
+from console import audit
 from console.db import Database
 from console.models import ApiToken, Device, Role, User
 from console.security import check_password, digest_matches, new_secret, secret_digest
@@ -21,6 +22,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class AuthError(PermissionError):
     """Wrong credentials or not allowed."""
+
+
+class LoginLocked(AuthError):
+    """Too many failed logins for this username lately: refused even with the right password."""
 
 
 class StaffUser(UserMixin):  # type: ignore[misc]
@@ -43,11 +48,27 @@ def db() -> Database:
     return cast(Database, current_app.extensions["loa_db"])
 
 
-def authenticate(username: str, password: str) -> User:
+def authenticate(username: str, password: str, via: str = "web") -> User:
+    """The active user with these credentials; every attempt goes to the audit log.
+
+    After `audit.LOGIN_FAILURES_ALLOWED` failures within the window the username is locked
+    for the rest of it, so a password cannot be guessed at speed.
+    """
+    addr = request.remote_addr if has_request_context() else None
     with db().session() as session:
+        if audit.login_locked(session, username):
+            audit.record(session, "login_refused", username, remote_addr=addr, via=via)
+            session.commit()  # kept: the raise below rolls back only what follows
+            raise LoginLocked("too many failed logins; try again later")
         user = session.scalar(select(User).where(User.username == username))
         if user is None or not user.active or not check_password(user.password_hash, password):
+            audit.record(session, "login_failed", username, remote_addr=addr, via=via)
+            session.commit()
             raise AuthError("wrong username or password")
+        audit.record(
+            session, "login", username, user_id=user.id, username=user.username,
+            remote_addr=addr, via=via,
+        )  # fmt: skip
         return user
 
 

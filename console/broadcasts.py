@@ -89,6 +89,7 @@ def record_broadcast(session: Session, req: BroadcastRequest) -> Broadcast:
         fired_at=req.fire_at,
         play_at=play_at,
         expires_at=play_at + req.ttl,
+        repeat=req.repeat,
         created_by=req.created_by,
     )
     session.add(broadcast)

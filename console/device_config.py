@@ -69,17 +69,13 @@ def bump_config_revision(session: Session) -> None:
 
 
 def config_revision(session: Session) -> int:
-    value = session.scalar(
-        select(WorkerState.value).where(WorkerState.key == CONFIG_REVISION_KEY)
-    )
+    value = session.scalar(select(WorkerState.value).where(WorkerState.key == CONFIG_REVISION_KEY))
     return int(value) if value is not None else 0
 
 
 def preset_refs(session: Session, base_url: str) -> list[protocol.PresetRef]:
     """Every preset as a device fetches it (URL built like a broadcast's), in key order."""
-    rows = session.execute(
-        select(Preset.key, AudioFile).join(AudioFile).order_by(Preset.key)
-    ).all()
+    rows = session.execute(select(Preset.key, AudioFile).join(AudioFile).order_by(Preset.key)).all()
     return [
         protocol.PresetRef(
             name=key,

@@ -141,6 +141,8 @@ class Device(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     state: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # When anything the live board shows last changed (a cursor for live updates).
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     zone: Mapped[Zone] = relationship()
 
@@ -210,6 +212,9 @@ class CommuneSettings(Base):
     # Site-local wall-clock span [start, end), wrapping midnight; equal means none.
     quiet_start: Mapped[time] = mapped_column(Time)
     quiet_end: Mapped[time] = mapped_column(Time)
+    # The preset announced on the speakers of a call point's zone when it raises an alarm;
+    # None: no automatic announcement (the alarm still shows in the console).
+    fire_announce_preset: Mapped[str | None] = mapped_column(String(32))
     updated_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -249,6 +254,8 @@ class Broadcast(Base):
     fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     play_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Times each device plays it; None in broadcasts stored before it was recorded.
+    repeat: Mapped[int | None] = mapped_column(Integer)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
@@ -344,3 +351,31 @@ class DeviceConfigRecord(Base):
     # The version the broker last confirmed (None: never published).
     published_version: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """Who did what, when: logins, broadcasts, emergencies, stops, schedule and device changes.
+
+    Append-only. The actor's name is copied so the entry outlives a renamed or removed user.
+    """
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    username: Mapped[str] = mapped_column(String(64))  # "" for the system itself
+    action: Mapped[str] = mapped_column(String(48), index=True)
+    target: Mapped[str] = mapped_column(String(200), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+
+
+class WorkerLease(Base):
+    """A named lease one console worker holds at a time (the leader), renewed while it lives."""
+
+    __tablename__ = "worker_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

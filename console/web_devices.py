@@ -1,0 +1,16 @@
+"""The devices and zones page."""
+
+from __future__ import annotations
+
+from flask import Blueprint, render_template
+
+from console.auth import require_role
+from console.models import Role
+
+bp = Blueprint("devices", __name__)
+
+
+@bp.get("/devices")
+@require_role(Role.VIEWER)
+def page() -> str:
+    return render_template("devices.html")
