@@ -18,11 +18,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from audio_library import AudioError, AudioStore, ImportLimits
+from audio_library import AudioError
 from console import audit
 from console.auth import AuthError, LoginLocked, authenticate, db, issue_token, require_role
 from console.broadcasts import BroadcastError, BroadcastRequest, delivery_summary, send_broadcast
 from console.device_config import bump_config_revision
+from console.library import add_audio, import_upload
 from console.models import (
     AudioFile,
     Broadcast,
@@ -332,33 +333,18 @@ def upload_audio() -> tuple[Response, int]:
         raise ApiError(400, "no_file", "attach the audio as the multipart field 'file'")
     original = Path(upload.filename).name[:255] or "audio"
     name = (request.form.get("name") or Path(original).stem).strip()[:200] or original
-    store = AudioStore(settings().media_dir)
-    limits = ImportLimits(max_size_bytes=settings().max_upload_bytes)
     with tempfile.TemporaryDirectory(dir=settings().instance_dir) as tmp:
         src = Path(tmp) / "upload"
         upload.save(src)
         try:
-            meta = store.import_file(src, original, limits)
+            meta = import_upload(settings(), src, original)
         except AudioError as exc:
             raise ApiError(422, getattr(exc, "code", "bad_audio"), str(exc)) from None
     with db().session() as session:
-        audio = session.get(AudioFile, meta.sha256)
-        status = 200
-        if audio is None:
-            audio = AudioFile(
-                sha256=meta.sha256,
-                name=name,
-                original_name=original,
-                duration_ms=meta.duration_ms,
-                size_bytes=meta.size_bytes,
-                mime=meta.mime,
-                loudness_lufs=meta.loudness_lufs,
-                created_by=user_id(),
-            )
-            session.add(audio)
-            status = 201
+        audio, created = add_audio(session, meta, name, user_id())
+        if created:
             audit.record_here(session, "audio_added", audio.sha256, name=name)
-        return jsonify(audio_json(audio)), status
+        return jsonify(audio_json(audio)), 201 if created else 200
 
 
 _PRESET_ORDER = {spec.key: i for i, spec in enumerate(PRESETS)}

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from audio_library import AudioMeta, AudioStore, Voice, make_gong_wav, synthesize_speech
 from console.db import Database
 from console.device_config import bump_config_revision
-from console.models import AudioFile, Preset
+from console.library import add_audio
+from console.models import Preset
 
 log = logging.getLogger(__name__)
 
@@ -115,18 +116,7 @@ def make_preset_audio(spec: PresetSpec, store: AudioStore, work: Path, voice: Vo
 
 
 def _add(session: Session, spec: PresetSpec, meta: AudioMeta) -> None:
-    if session.get(AudioFile, meta.sha256) is None:
-        session.add(
-            AudioFile(
-                sha256=meta.sha256,
-                name=spec.title,
-                original_name=meta.original_name,
-                duration_ms=meta.duration_ms,
-                size_bytes=meta.size_bytes,
-                mime=meta.mime,
-                loudness_lufs=meta.loudness_lufs,
-            )
-        )
+    add_audio(session, meta, spec.title, None)
     session.add(Preset(key=spec.key, title=spec.title, text=spec.text, audio_sha256=meta.sha256))
 
 
