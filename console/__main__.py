@@ -1,4 +1,5 @@
-"""Command line of the console: `python -m console {run,web,worker,migrate,create-user,presets}`."""
+"""Command line of the console: `python -m console {run,web,worker,migrate,create-user,presets,
+backup,restore}`."""
 
 from __future__ import annotations
 
@@ -112,6 +113,46 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from console.backup import BackupError, create_backup, describe
+    from console.settings import load_settings
+
+    settings = load_settings(args.instance)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = args.out or settings.instance_dir / "backups" / f"loa-backup-{stamp}.tar.gz"
+    try:
+        manifest = create_backup(settings, out)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    describe(manifest, sys.stdout)
+    print(f"written to {out} (it holds secrets: keep it private)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from console.backup import BackupError, restore_backup
+
+    try:
+        result = restore_backup(
+            args.archive,
+            args.instance,
+            database_url=args.database_url,
+            broker_port=args.broker_port,
+            web_port=args.web_port,
+        )
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"restored {sum(result.rows.values())} rows and {result.media_files} audio files "
+        f"into {result.instance_dir} (schema {result.revision}, then upgraded)"
+    )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from console.devrun import run
 
@@ -139,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     presets.add_argument(
         "--voice", choices=["vi", "vi-vn-x-central", "vi-vn-x-south"], default="vi"
     )
+    backup = sub.add_parser("backup", help="database, audio, broker accounts, settings: one file")
+    backup.add_argument("--out", type=Path, help="the .tar.gz (default: backups/ in the instance)")
+    restore = sub.add_parser("restore", help="restore a backup into a NEW instance directory")
+    restore.add_argument("archive", type=Path)
+    restore.add_argument("--database-url", help="an empty database (default: SQLite in it)")
+    restore.add_argument("--broker-port", type=int, help="another broker port than the backup's")
+    restore.add_argument("--web-port", type=int, help="another web port than the backup's")
     args = parser.parse_args(argv)
     _logging(args.log_level)
     handlers = {
@@ -148,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         "migrate": cmd_migrate,
         "create-user": cmd_create_user,
         "presets": cmd_presets,
+        "backup": cmd_backup,
+        "restore": cmd_restore,
     }
     return handlers[args.command](args)
 
