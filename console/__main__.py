@@ -1,5 +1,5 @@
-"""Command line of the console: `python -m console {run,web,worker,migrate,create-user,presets,
-backup,restore}`."""
+"""Command line of the console: `python -m console {run,init,web,serve,worker,migrate,
+create-user,presets,backup,restore}`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,49 @@ def cmd_web(args: argparse.Namespace) -> int:
     app = create_app(settings)
     app.run(host=settings.web_host, port=settings.web_port, threaded=True, use_reloader=False)
     return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """A production instance: settings with fresh secrets, the broker's config and accounts,
+    the schema and the first admin; no demo commune. Run again, it changes nothing."""
+    from console.accounts import ensure_first_admin
+    from console.broker import BrokerProcess, DynsecAdmin
+    from console.db import Database, upgrade
+    from console.devrun import broker_settings
+    from console.settings import write_new_instance
+
+    settings = write_new_instance(
+        args.instance, broker_port=args.broker_port, web_port=args.web_port
+    )
+    upgrade(settings.database_url)
+    b = settings.broker
+    with BrokerProcess(broker_settings(settings)), DynsecAdmin(
+        b.host, b.port, b.admin_username, b.admin_password.get_secret_value()
+    ) as admin:
+        admin.provision_console(b.console_username, b.console_password.get_secret_value())
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            password = ensure_first_admin(session)
+    finally:
+        db.dispose()
+    print(f"instance ready: {args.instance.resolve()}")
+    if password:
+        print(f"first admin login (shown once): admin / {password}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Production web: gunicorn, `web_workers` processes of `web_threads` threads each."""
+    from console.settings import load_settings
+    from console.wsgi import gunicorn_options, serve
+
+    settings = load_settings(args.instance)
+    options = gunicorn_options(
+        settings, bind=args.bind, workers=args.workers, threads=args.threads,
+        access_log=args.access_log,
+    )  # fmt: skip
+    return serve(settings, options)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -168,8 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--welcome-delay", type=float, default=20.0, help="seconds until the test announcement"
     )
-    sub.add_parser("web", help="the web console and JSON API")
+    sub.add_parser("web", help="the web console and JSON API (development server)")
+    serve = sub.add_parser("serve", help="the web console in production (gunicorn, see deploy.md)")
+    serve.add_argument("--bind", help="HOST:PORT (default: web_host:web_port of the settings)")
+    serve.add_argument("--workers", type=int, help="processes (default: web_workers)")
+    serve.add_argument("--threads", type=int, help="threads per process (default: web_threads)")
+    serve.add_argument("--access-log", default="-", help="a file, or - for stdout (default)")
     sub.add_parser("worker", help="the ONE scheduler + ingest process")
+    init = sub.add_parser("init", help="a new production instance (no demo), see deploy.md")
+    init.add_argument("--web-port", type=int, default=8080)
+    init.add_argument("--broker-port", type=int, default=1883)
     sub.add_parser("migrate", help="upgrade the database schema")
     create = sub.add_parser("create-user", help="add a staff account (password asked)")
     create.add_argument("username")
@@ -192,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": cmd_run,
         "web": cmd_web,
+        "serve": cmd_serve,
+        "init": cmd_init,
         "worker": cmd_worker,
         "migrate": cmd_migrate,
         "create-user": cmd_create_user,

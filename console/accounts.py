@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from console.models import Role, User
+from console.models import ApiToken, Role, User
 from console.security import MIN_PASSWORD_LENGTH, check_password, hash_password, new_password
 
 
@@ -46,4 +46,58 @@ def ensure_first_admin(session: Session, username: str = "admin") -> str | None:
         return None
     password = new_password()
     create_user(session, username, password, Role.ADMIN)
+    return password
+
+
+class UserNotFound(AccountError, LookupError):
+    """No user with this id."""
+
+
+class LastAdminError(AccountError):
+    """The change would leave no active administrator, so nobody could manage accounts."""
+
+
+def update_user(
+    session: Session, user_id: int, *, role: Role | None = None, active: bool | None = None
+) -> tuple[User, dict[str, list[object]]]:
+    """Change a user's role and/or active flag; returns the user and {field: [old, new]}.
+
+    Refused if it would leave no active admin. Deactivating revokes the user's API tokens;
+    their session ends at the next request (only active users are loaded).
+    """
+    user = session.get(User, user_id)
+    if user is None:
+        raise UserNotFound(f"no user {user_id}")
+    new_role = role if role is not None else Role(user.role)
+    new_active = active if active is not None else user.active
+    if user.role == Role.ADMIN and user.active and (new_role != Role.ADMIN or not new_active):
+        others = session.scalars(
+            select(User.id)
+            .where(User.role == Role.ADMIN, User.active.is_(True), User.id != user.id)
+            .with_for_update()
+        ).all()
+        if not others:
+            raise LastAdminError("this is the last active administrator")
+    changes: dict[str, list[object]] = {}
+    if new_role != user.role:
+        changes["role"] = [Role(user.role).value, new_role.value]
+        user.role = new_role
+    if new_active != user.active:
+        changes["active"] = [user.active, new_active]
+        user.active = new_active
+        if not new_active:
+            session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+    return user, changes
+
+
+def reset_password(session: Session, user_id: int, password: str | None = None) -> str:
+    """Give a user a new password (a generated one unless given) and revoke their API tokens."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise UserNotFound(f"no user {user_id}")
+    password = password if password is not None else new_password()
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    user.password_hash = hash_password(password)
+    session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
     return password

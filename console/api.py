@@ -147,11 +147,6 @@ def device_json(d: Device, config_version: int | None = None) -> dict[str, Any]:
     }
 
 
-def _config_versions(session: Session) -> dict[str, int]:
-    rows = session.execute(select(DeviceConfigRecord.device_id, DeviceConfigRecord.version))
-    return {device_id: version for device_id, version in rows}
-
-
 def audio_json(a: AudioFile) -> dict[str, Any]:
     return {
         "sha256": a.sha256,
@@ -253,13 +248,8 @@ def create_zone() -> tuple[Response, int]:
         return jsonify(zone_json(zone)), 201
 
 
-@bp.get("/devices")
-@require_role(Role.VIEWER)
-def list_devices() -> Response:
-    with db().session() as session:
-        versions = _config_versions(session)
-        devices = session.scalars(select(Device).order_by(Device.id))
-        return jsonify([device_json(d, versions.get(d.id)) for d in devices])
+# GET /devices (paging, filters, the live stream) and the other device routes are in
+# console/api_devices.py.
 
 
 @bp.get("/devices/<device_id>")
@@ -304,15 +294,7 @@ def create_device() -> tuple[Response, int]:
     return jsonify(out), 201
 
 
-@bp.get("/audio")
-@require_role(Role.VIEWER)
-def list_audio() -> Response:
-    query = request.args.get("q", "").strip()
-    with db().session() as session:
-        stmt = select(AudioFile).order_by(AudioFile.created_at.desc())
-        if query:
-            stmt = stmt.where(AudioFile.name.ilike(f"%{query[:100]}%"))
-        return jsonify([audio_json(a) for a in session.scalars(stmt)])
+# GET /audio (the library: search, paging, what uses each file) is in console/api_audio.py.
 
 
 @bp.get("/audio/<sha256>")
@@ -522,7 +504,15 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 
 # Routes kept in their own modules, on the same blueprint (they import this one).
-ROUTE_MODULES = ("console.api_schedules", "console.api_communes")
+ROUTE_MODULES = (
+    "console.api_schedules",
+    "console.api_communes",
+    "console.openapi",
+    "console.api_audio",
+    "console.api_history",
+    "console.api_emergency",
+    "console.api_devices",
+)
 
 
 def register_api(app: Flask, csrf: CSRFProtect) -> None:

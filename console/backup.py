@@ -293,7 +293,9 @@ def _load_rows(engine: Engine, tables_dir: Path) -> dict[str, int]:
             self_refs = _self_references(table)
             batch: list[dict[str, Any]] = []
             with path.open(encoding="utf-8") as fh:
-                records = (_decode(json.loads(line), decoders) for line in fh)
+                records: Iterator[dict[str, Any]] = (
+                    _decode(json.loads(line), decoders) for line in fh
+                )
                 if self_refs:  # parents before children (e.g. a commune before its hamlets)
                     records = iter(_parents_first(list(records), self_refs))
                 for record in records:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,7 @@ from console.models import (
     DeliveryStatus,
 )
 from console.mqtt_link import ConsoleLink, LinkError
-from console.zones import devices_in_zones, minimal_cover, zone_parents
+from console.zones import device_targets, minimal_cover, zone_parents
 from device_profiles import ProfileError, load_profile, protocol
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,18 @@ def _epoch_ms(when: datetime) -> int:
 
 
 def record_broadcast(session: Session, req: BroadcastRequest) -> Broadcast:
-    """Insert the broadcast and a pending delivery for each device it should reach."""
+    """Insert the broadcast and a pending delivery for each device it should reach.
+
+    Only the target zones' devices are read (id and profile), and their deliveries are
+    inserted in one statement: a fire costs what its zones hold, not the whole fleet.
+    """
     if not req.zone_ids:
         raise BroadcastError("choose at least one zone")
     audio = session.get(AudioFile, req.audio_sha256)
     if audio is None:
         raise BroadcastError(f"unknown audio {req.audio_sha256}")
-    cover = minimal_cover(req.zone_ids, zone_parents(session))
+    parents = zone_parents(session)
+    cover = minimal_cover(req.zone_ids, parents)
     play_at = req.fire_at + req.play_lead
     broadcast = Broadcast(
         id=req.broadcast_id,
@@ -93,17 +98,20 @@ def record_broadcast(session: Session, req: BroadcastRequest) -> Broadcast:
         created_by=req.created_by,
     )
     session.add(broadcast)
-    for device in devices_in_zones(session, cover):
-        if not has_speaker(device.profile):
-            continue  # a fire point without a speaker is not expected to play
-        session.add(
-            Delivery(
-                broadcast_id=broadcast.id,
-                device_id=device.id,
-                status=DeliveryStatus.PENDING,
-                updated_at=req.fire_at,
-            )
-        )
+    session.flush()  # the claim: a second sender of this id fails here, before any delivery
+    rows = [
+        {
+            "broadcast_id": broadcast.id,
+            "device_id": device.id,
+            "status": DeliveryStatus.PENDING,
+            "updated_at": req.fire_at,
+        }
+        for device in device_targets(session, cover, parents)
+        # A fire point without a speaker is not expected to play.
+        if has_speaker(device.profile)
+    ]
+    if rows:
+        session.execute(insert(Delivery), rows)
     return broadcast
 
 

@@ -98,6 +98,8 @@ def write_config(settings: BrokerSettings) -> None:
                 f"persistence_location {settings.data_dir}/",
                 "autosave_interval 30",
                 "max_queued_messages 10000",
+                # Small packets (commands, acks) go out at once, not after a delayed ACK.
+                "set_tcp_nodelay true",
                 f"plugin {plugin}",
                 f"plugin_opt_config_file {settings.dynsec_path}",
                 f"log_dest file {settings.log_path}",

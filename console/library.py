@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from audio_library import AudioMeta, AudioStore, ImportLimits, Voice, synthesize_speech
 from console.db import Database
-from console.models import AudioFile
+from console.models import AudioFile, utcnow
 from console.settings import Settings
 
 
@@ -22,8 +22,13 @@ def add_audio(
 ) -> tuple[AudioFile, bool]:
     """The row for stored audio, added if new; (row, created)."""
     audio = session.get(AudioFile, meta.sha256)
-    if audio is not None:
+    if audio is not None and audio.deleted_at is None:
         return audio, False
+    if audio is not None:  # deleted from the library, kept for history: it comes back as new
+        audio.deleted_at = None
+        audio.name, audio.original_name = name[:200], meta.original_name[:255]
+        audio.created_by, audio.created_at = created_by, utcnow()
+        return audio, True
     audio = AudioFile(
         sha256=meta.sha256,
         name=name[:200],

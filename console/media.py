@@ -20,10 +20,14 @@ def audio(name: str) -> Response:
     match = _NAME.match(name)
     if match is None:
         abort(404)
-    sha = match["sha"]
+    return send_stored(match["sha"])
+
+
+def send_stored(sha: str) -> Response:
+    """A stored delivery file with ETag (304) and Range (206); 404 if it is not stored."""
     try:
         path = AudioStore(settings().media_dir).path_for(sha)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         abort(404)
     response = send_file(path, mimetype="audio/mpeg", conditional=True, etag=sha, max_age=86400)
     response.headers["Cache-Control"] = "private, max-age=86400, immutable"

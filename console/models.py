@@ -161,6 +161,9 @@ class AudioFile(Base):
     loudness_lufs: Mapped[float | None] = mapped_column()
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Deleted by staff while the broadcast history still names it: hidden from the library,
+    # kept (row and file) so history and reports can still play it. None: in the library.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Preset(Base):

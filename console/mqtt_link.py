@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,6 +18,13 @@ from device_profiles import protocol
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+
+
+def set_tcp_nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    """Send each MQTT packet at once: Nagle's algorithm held small commands and acks back
+    for tens of milliseconds, waiting for the peer's delayed ACK."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class LinkError(RuntimeError):
@@ -40,25 +48,39 @@ class ConsoleLink:
     ) -> None:
         # A stable client id with a persistent session lets the broker keep QoS 1 uplink
         # messages for the worker while it restarts; web workers use a random suffix.
-        client_id = client_name if not clean_start else f"{client_name}-{uuid.uuid4().hex[:8]}"
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=clean_start,
-            reconnect_on_failure=True,
+        self._client_id = (
+            client_name if not clean_start else f"{client_name}-{uuid.uuid4().hex[:8]}"
         )
-        self._client.username_pw_set(username, password)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.max_queued_messages_set(0)
+        self._clean_start = clean_start
+        self._login = (username, password)
         self._host, self._port = host, port
         self._subscriptions = list(subscriptions)
         self._handler = on_message
         self.connected = threading.Event()
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        self._client = self._new_client()
+        self._used = False
+
+    def _new_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            clean_session=self._clean_start,
+            reconnect_on_failure=True,
+        )
+        client.username_pw_set(*self._login)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = set_tcp_nodelay
+        return client
 
     def start(self, timeout_s: float = 10.0) -> None:
+        """Connect (again, after a stop: the console worker connects only while it leads)."""
+        if self._used:
+            self._client = self._new_client()
+        self._used = True
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
         if not self.connected.wait(timeout_s):
@@ -70,6 +92,12 @@ class ConsoleLink:
         self._client.loop_stop()
         # paho closes its loop's wake-up sockets only in Client.__del__ (see firmware_bridge/link)
         self._client._reset_sockets(sockpair_only=True)
+        self.connected.clear()
+
+    def tcp_socket(self) -> socket.socket | None:
+        """The connection's TCP socket while connected (diagnostics and tests)."""
+        sock = self._client.socket()
+        return sock if isinstance(sock, socket.socket) else None
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from sqlalchemy.orm import Session
 
-from console.broker import DynsecAdmin
+from console.broker import DynsecAdmin, _acl, _role_commands, device_role, zone_role
 from console.device_config import bump_config_revision
 from console.models import Device, Zone
 from console.security import new_secret, secret_digest
@@ -81,6 +82,10 @@ def _issue(
     password = new_secret(24)
     device.secret_sha256 = secret_digest(password)
     session.flush()
+    # Any account of that name goes first: Mosquitto 2.0's dynamic security corrupts a client
+    # whose role is deleted under it (provision_device recreates the role), then stops
+    # answering. A new secret, or an id whose account outlived its row, would do just that.
+    admin.revoke_device(device.id)
     admin.provision_device(device.id, password, zones)
     return Provisioned(
         device_id=device.id,
@@ -151,6 +156,40 @@ def reissue_credentials(
     if device is None:
         raise ProvisioningError(f"unknown device {device_id!r}")
     return _issue(session, admin, settings, device, state_dir)
+
+
+def move_device(session: Session, admin: DynsecAdmin, device_id: str, zone_id: str) -> list[str]:
+    """Another zone for a device; the caller commits. Returns the zones it now listens to.
+
+    Its broker account keeps its secret but gets the new zones' roles instead of the old
+    ones (the broker disconnects it once; it reconnects with the same file); the worker
+    sends the new zone list in its retained config, and the bridge follows it.
+    """
+    device = session.get(Device, device_id)
+    if device is None:
+        raise ProvisioningError(f"unknown device {device_id!r}")
+    if session.get(Zone, zone_id) is None:
+        raise ProvisioningError(f"unknown zone {zone_id!r}")
+    zones = ancestors_of(zone_id, zone_parents(session))
+    device.zone_id = zone_id
+    session.flush()
+    roles: list[dict[str, Any]] = []
+    for zone in zones:
+        acl = _acl("subscribePattern", protocol.zone_command_topic(zone))
+        roles += _role_commands(zone_role(zone), [acl])
+    admin.execute_tolerant(roles)  # zone roles other devices may already have made
+    names = [device_role(device_id), *(zone_role(z) for z in zones)]
+    admin.execute(
+        [
+            {
+                "command": "modifyClient",
+                "username": device_id,
+                "roles": [{"rolename": name} for name in names],
+            }
+        ]
+    )
+    bump_config_revision(session)
+    return zones
 
 
 def decommission_device(session: Session, admin: DynsecAdmin, device_id: str) -> None:

@@ -45,6 +45,12 @@ class Settings(BaseModel):
     public_base_url: str = "http://127.0.0.1:8080"
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=1, le=65535)
+    # `python -m console serve` (gunicorn): processes, and threads in each. A live page holds
+    # one thread per open stream, so threads bound how many pages can be open at once.
+    web_workers: int = Field(default=2, ge=1, le=64)
+    web_threads: int = Field(default=32, ge=1, le=1000)
+    # Reverse proxies in front of the web (their X-Forwarded-For/-Proto are trusted); 0: none.
+    web_proxy_hops: int = Field(default=0, ge=0, le=5)
     site_timezone: str = "Asia/Ho_Chi_Minh"
     # Seconds between the fire time and play_at, so every speaker of a zone starts together.
     play_lead_s: float = Field(default=2.0, ge=0, le=60)

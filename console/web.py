@@ -13,7 +13,6 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
-from sqlalchemy import select
 from werkzeug.wrappers import Response
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length
@@ -21,9 +20,9 @@ from wtforms.validators import DataRequired, EqualTo, Length
 from console import audit
 from console.accounts import AccountError, change_password
 from console.auth import AuthError, LoginLocked, StaffUser, authenticate, db
-from console.broadcasts import delivery_summary
-from console.models import Broadcast, Device, Role, Zone
+from console.models import Role
 from console.security import MIN_PASSWORD_LENGTH
+from console.web_devices import board_texts
 
 bp = Blueprint("web", __name__)
 LANGUAGES = ("vi", "en")
@@ -46,6 +45,26 @@ WEB_MODULES = (
     "console.web_devices",
     "console.web_emergency",
 )
+
+
+# Endpoints anyone may open without logging in (besides the API's and devices' own rules).
+_PUBLIC_PAGES = ("web.login", "web.set_language", "static")
+
+
+@bp.before_app_request
+def _pages_need_login() -> Response | None:
+    """Pages send a visitor who is not logged in to the login form (the API answers 401).
+
+    Role checks on pages (require_role) would otherwise answer a bare 401 to someone whose
+    session simply expired.
+    """
+    if request.endpoint is None or request.blueprint in ("api", "media"):
+        return None
+    if request.headers.get("Authorization", "").startswith("Bearer "):
+        return None  # a token, not a browser: require_role answers 401/403 itself
+    if request.endpoint in _PUBLIC_PAGES or current_user.is_authenticated:
+        return None
+    return redirect(url_for("web.login", next=request.path))
 
 
 class LoginForm(FlaskForm):  # type: ignore[misc]
@@ -124,21 +143,8 @@ def account() -> Any:
 @bp.get("/")
 @login_required  # type: ignore[untyped-decorator]
 def index() -> str:
-    with db().session() as s:
-        zones = {z.id: z.name for z in s.scalars(select(Zone))}
-        devices = list(s.scalars(select(Device).order_by(Device.zone_id, Device.id)))
-        broadcasts = list(
-            s.scalars(select(Broadcast).order_by(Broadcast.created_at.desc()).limit(20))
-        )
-        summaries = {b.id: delivery_summary(s, b.id) for b in broadcasts}
-    return render_template(
-        "index.html",
-        zones=zones,
-        devices=devices,
-        broadcasts=broadcasts,
-        summaries=summaries,
-        user=current_user,
-    )
+    """The live board: counters, filters and a page of devices; board.js keeps it live."""
+    return render_template("index.html", texts=board_texts())
 
 
 def register_pages(app: Flask) -> None:

@@ -2,24 +2,31 @@
 
 It wires `scheduler` (time) to the database (schedules, broadcasts) and MQTT (commands and
 retained device configs out, facts in). Web workers never run it.
+
+Should two be started (by mistake, or one kept as a standby), only the holder of the leader
+lease (console/lease.py) connects to the broker and runs the scheduler and the loops that
+publish; the other waits and takes over when the leader stops or dies. Loops that must run
+on the leader only are registered with `add_leader_loop`; `is_leader()` guards a publish.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from console.broadcasts import BroadcastRequest, record_missed, send_broadcast
 from console.communes import ZoneTree, holidays_by_commune
 from console.db import Database
 from console.device_config import ConfigPusher
+from console.fire_rules import FireRules
 from console.ingest import SUBSCRIPTIONS, Ingest
+from console.lease import LEASE_S, MARGIN_S, RENEW_S, LeaderElector, Lease
 from console.models import Holiday, Schedule, WorkerState
 from console.mqtt_link import ConsoleLink, LinkError
 from console.programme import queue_wait, schedule_holidays
@@ -33,13 +40,21 @@ log = logging.getLogger(__name__)
 LAST_CHECKED_KEY = "scheduler.last_checked"
 FIRE_RETRY_S = 0.5
 WORKER_CLIENT_ID = "console-worker"
+_TICK = timedelta(microseconds=1)
+
+# A loop that runs while this worker leads: called with (stop, poll_s) on its own thread,
+# it returns once `stop` is set (when the worker stops leading or stops).
+LeaderLoop = Callable[[threading.Event, float], None]
 
 
 class DbScheduleSource:
     """The scheduler's view of the database: enabled schedules and its last check time."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, may_write: Callable[[], bool] = lambda: True) -> None:
         self.db = db
+        # Only the leader moves last_checked: a worker that lost the lead mid-fire must not
+        # mark as handled what it never sent.
+        self._may_write = may_write
 
     def active_schedules(self) -> Iterable[ScheduleSpec]:
         """Enabled schedules, each with its commune's holidays (which silence recurring rules)."""
@@ -63,12 +78,24 @@ class DbScheduleSource:
             return datetime.fromisoformat(row.value) if row else None
 
     def set_last_checked(self, when: datetime) -> None:
-        with self.db.session() as session:
+        if not self._may_write():
+            log.info("not the leader: last_checked stays where the leader left it")
+            return
+        with self.db.write_session() as session:
             row = session.get(WorkerState, LAST_CHECKED_KEY)
             if row is None:
                 session.add(WorkerState(key=LAST_CHECKED_KEY, value=when.isoformat()))
             elif datetime.fromisoformat(row.value) < when:
                 row.value = when.isoformat()
+
+    def rewind(self, before: datetime) -> None:
+        """Move last_checked back to just before `before`, so that whoever leads next looks
+        at that occurrence again (fires it within the grace, else records it missed)."""
+        mark = before - _TICK
+        with self.db.write_session() as session:
+            row = session.get(WorkerState, LAST_CHECKED_KEY)
+            if row is not None and datetime.fromisoformat(row.value) > mark:
+                row.value = mark.isoformat()
 
     def revision(self) -> tuple[int, datetime | None, int, datetime | None]:
         """Changes whenever a schedule or a holiday is added, edited or removed."""
@@ -83,10 +110,28 @@ class DbScheduleSource:
 
 
 class Worker:
-    def __init__(self, settings: Settings, db: Database, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        clock: Clock,
+        *,
+        lease_s: float = LEASE_S,
+        renew_s: float = RENEW_S,
+        margin_s: float = MARGIN_S,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.clock = clock
+        self.elector = LeaderElector(
+            Lease(db),
+            clock,
+            lease_s=lease_s,
+            renew_s=renew_s,
+            margin_s=margin_s,
+            on_elected=self._lead,
+            on_deposed=self._follow,
+        )
         self.ingest = Ingest(db, clock=clock.now)
         self._fire_lock = threading.Lock()
         broker = settings.broker
@@ -100,19 +145,39 @@ class Worker:
             on_message=self.ingest.enqueue,
             clean_start=False,
         )
-        self.source = DbScheduleSource(db)
+        self.source = DbScheduleSource(db, may_write=self.is_leader)
         self.tz = ZoneInfo(settings.site_timezone)
-        self.scheduler = SchedulerService(
+        self.scheduler = self._new_scheduler()
+        self.configs = ConfigPusher(db, self.link, settings.public_base_url, clock.now)
+        self.fire_rules = FireRules(db, self.link, settings, clock.now)
+        self._stop = threading.Event()  # the worker stops
+        self._term_stop = threading.Event()  # the current term as leader ends
+        self._terms = 0
+        self._poll_s = 1.0
+        self._elector_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._leader_loops: list[tuple[str, LeaderLoop]] = []
+        self.add_leader_loop("schedule-watch", self._watch_schedules)
+        self.add_leader_loop("config-push", self.configs.run)
+        self.add_leader_loop("fire-rule", self.fire_rules.run)
+
+    def _new_scheduler(self) -> SchedulerService:
+        return SchedulerService(
             self.source,
             on_fire=self.fire,
             on_missed=self.missed,
-            clock=clock,
+            clock=self.clock,
             tz=self.tz,
-            grace_s=settings.misfire_grace_s,
+            grace_s=self.settings.misfire_grace_s,
         )
-        self.configs = ConfigPusher(db, self.link, settings.public_base_url, clock.now)
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+
+    def add_leader_loop(self, name: str, loop: LeaderLoop) -> None:
+        """Run `loop(stop, poll_s)` on a thread of its own whenever this worker leads."""
+        self._leader_loops.append((name, loop))
+
+    def is_leader(self) -> bool:
+        """This worker holds the leader lease: it alone may publish."""
+        return self.elector.is_leader()
 
     def broadcast_request(
         self, occurrence: Occurrence, fire_at: datetime, *, for_play: bool = True
@@ -152,11 +217,15 @@ class Worker:
 
         Fires run one at a time (SQLite has one writer; concurrent fires starved each other
         past the busy timeout). A database or broker failure is retried until the grace runs
-        out; then the occurrence is recorded missed, so it is never lost silently.
+        out; then the occurrence is recorded missed, so it is never lost silently. A worker
+        that is no longer the leader sends nothing: it hands the occurrence back to the next.
         """
         deadline = occurrence.scheduled_at + timedelta(seconds=self.settings.misfire_grace_s)
         with self._fire_lock:
             while True:
+                if not self.is_leader() or self._term_stop.is_set():
+                    self._hand_back(occurrence)
+                    return
                 now = self.clock.now()
                 req = self.broadcast_request(occurrence, max(now, occurrence.scheduled_at))
                 if req is None:
@@ -169,9 +238,17 @@ class Worker:
                         log.error("occurrence %s could not be sent in time: %s", occurrence.id, exc)
                         break
                     log.warning("occurrence %s: %s; retrying", occurrence.id, exc)
-                    if self._stop.wait(FIRE_RETRY_S):
-                        break
+                    self._term_stop.wait(FIRE_RETRY_S)  # then: still leading? (loop top)
         self.missed(occurrence)
+
+    def _hand_back(self, occurrence: Occurrence) -> None:
+        """Leave an occurrence to whoever leads next: its catch-up fires it or records it
+        missed (the claim keeps a second send out, should it have gone through after all)."""
+        log.warning("occurrence %s not sent here: this worker no longer leads", occurrence.id)
+        try:
+            self.source.rewind(occurrence.scheduled_at)
+        except SQLAlchemyError as exc:
+            log.error("occurrence %s: could not hand it back: %s", occurrence.id, exc)
 
     def missed(self, occurrence: Occurrence) -> None:
         """Record an occurrence that was too late to play: never played late."""
@@ -179,9 +256,9 @@ class Worker:
         if req is not None and record_missed(self.db, req):
             log.warning("occurrence %s missed (console was down past the grace)", occurrence.id)
 
-    def _watch_schedules(self, poll_s: float) -> None:
+    def _watch_schedules(self, stop: threading.Event, poll_s: float) -> None:
         seen = self.source.revision()
-        while not self._stop.wait(poll_s):
+        while not stop.wait(poll_s):
             try:
                 current = self.source.revision()
                 if current != seen:
@@ -191,36 +268,75 @@ class Worker:
                 log.exception("could not check schedules for changes")
 
     def start(self, poll_s: float = 1.0) -> None:
+        """Start the ingest writer and the lease: lead at once if no other worker does."""
+        self._poll_s = poll_s
         self.ingest.start()
-        self.link.start()
-        self.scheduler.start()
+        self.elector.tick()
+        self._elector_thread = threading.Thread(
+            target=self.elector.run, args=(self._stop,), name="lease", daemon=True
+        )
+        self._elector_thread.start()
+        log.info("console worker running (%s)", "leader" if self.is_leader() else "standby")
+
+    def _lead(self) -> None:
+        """Elected: connect (and so subscribe the ingest), start the scheduler and the loops."""
+        if self._terms:  # a scheduler service runs once; a new term gets a new one
+            self.scheduler = self._new_scheduler()
+        self._terms += 1
+        self._term_stop = threading.Event()
+        self.ingest.forget()  # the previous leader may have stored telemetry since
+        try:
+            self.link.start()
+            self.scheduler.start()
+        except BaseException:
+            self._follow()
+            raise
         self._threads = [
             threading.Thread(
-                target=self._watch_schedules, args=(poll_s,), name="schedule-watch", daemon=True
-            ),
-            threading.Thread(
-                target=self.configs.run, args=(self._stop, poll_s), name="config-push", daemon=True
-            ),
+                target=loop, args=(self._term_stop, self._poll_s), name=name, daemon=True
+            )
+            for name, loop in self._leader_loops
         ]
         for thread in self._threads:
             thread.start()
-        log.info("console worker running")
 
-    def stop(self) -> None:
-        self._stop.set()
+    def _follow(self) -> None:
+        """Deposed (or stopping): stop all that publishes; the ingest stores what it has."""
+        self._term_stop.set()
         for thread in self._threads:
             thread.join(5)
+        self._threads = []
         self.scheduler.shutdown()
         self.link.stop()
+
+    def stop(self) -> None:
+        """Stop; a leader releases the lease, so a standby takes over without waiting."""
+        self._stop.set()
+        if self._elector_thread is not None:
+            self._elector_thread.join(self.elector.lease_s)
+        self.elector.resign()
         self.ingest.stop()
         log.info("console worker stopped")
 
 
 def build_worker(
-    settings: Settings, *, db: Database | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    clock: Clock | None = None,
+    lease_s: float = LEASE_S,
+    renew_s: float = RENEW_S,
+    margin_s: float = MARGIN_S,
 ) -> Worker:
     """Composition root of the console worker."""
-    return Worker(settings, db or Database(settings.database_url), clock or SystemClock())
+    return Worker(
+        settings,
+        db or Database(settings.database_url),
+        clock or SystemClock(),
+        lease_s=lease_s,
+        renew_s=renew_s,
+        margin_s=margin_s,
+    )
 
 
 def utc_now() -> datetime:

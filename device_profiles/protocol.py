@@ -167,8 +167,12 @@ class PlayCommand(Message):
     play_at: EpochMs | None = None  # start together at this UTC time, not before
     expires_at: EpochMs  # not started by then: dropped and reported failed("expired")
     gong: bool = False  # gong before and after
-    repeat: Annotated[int, Field(ge=1, le=100)] = 1
+    # Times to play; REPEAT_UNTIL_STOPPED (0): again and again until a STOP (emergencies).
+    repeat: Annotated[int, Field(ge=0, le=100)] = 1
     title: Annotated[str, Field(max_length=200)] = ""
+
+
+REPEAT_UNTIL_STOPPED = 0
 
 
 class StopCommand(Message):

@@ -447,19 +447,35 @@ class BridgeCore:
             self.counters["playback_failed"] += 1
             self.current = None
             self._ack(item.command.id, protocol.AckStatus.FAILED, event.error)
-        elif item.part + 1 < len(item.parts) or item.plays_left > 1:
-            if item.part + 1 < len(item.parts):
-                item.part += 1
-            else:
-                item.plays_left -= 1
-                item.part = 0
+        elif item.part + 1 < len(item.parts):
+            item.part += 1
             self._play_part(item)
             return
+        elif item.plays_left != 1 and not self._yields_to_queue(item):
+            if item.plays_left > 1:
+                item.plays_left -= 1  # 0 stays 0: until a STOP (or the amplifier's max_on_s)
+            item.part = 0
+            self._play_part(item)
+            return
+        elif item.plays_left == protocol.REPEAT_UNTIL_STOPPED:
+            self.current = None  # a round is over; the newer announcement goes next
+            self._ack(item.command.id, protocol.AckStatus.PREEMPTED, "replaced by a newer command")
         else:
             self.current = None
             self._ack(item.command.id, protocol.AckStatus.FINISHED)
         self._started_at_ms = None
         self._advance()
+
+    def _yields_to_queue(self, item: Item) -> bool:
+        """Between rounds, an item repeating until a STOP gives way to a newer one of its
+        priority whose audio is ready (a higher one has preempted it already)."""
+        head = self.pending[0] if self.pending else None
+        return (
+            item.plays_left == protocol.REPEAT_UNTIL_STOPPED
+            and head is not None
+            and head.rank >= item.rank
+            and head.path is not None
+        )
 
     def _amp_on(self, now: int) -> None:
         assert self.ports.relay is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -13,13 +15,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from console.accounts import create_user
 from console.app import create_app
 from console.broker import free_port
 from console.db import Database, upgrade
-from console.models import Role
+from console.models import Role, User
+from console.security import hash_password
 from console.settings import BrokerConfig, Settings
+from tests import postgres
 from tests.conftest import Broker
+
+# One PostgreSQL server per run and a fresh database per test (tests/postgres.py).
+postgres_server = postgres.postgres_server
+sqlite_template = postgres.sqlite_template
+database_backend = postgres.database_backend
+database_url = postgres.database_url
 
 PASSWORDS = {
     "admin": "admin-pass-1234",
@@ -32,10 +41,11 @@ def make_settings(tmp_path: Path, broker: Broker, **overrides: Any) -> Settings:
     instance = tmp_path / "instance"
     instance.mkdir(exist_ok=True)
     bs = broker.process.settings
+    url = overrides.pop("database_url", f"sqlite:///{instance / 'console.sqlite3'}")
     return Settings(
         instance_dir=instance,
         secret_key=secrets.token_hex(16),
-        database_url=f"sqlite:///{instance / 'console.sqlite3'}",
+        database_url=url,
         media_dir=instance / "media",
         broker=BrokerConfig(
             host=bs.host,
@@ -56,9 +66,44 @@ def web_port() -> int:
     return free_port()
 
 
+BROWSER_TESTS = Path(__file__).parent / "browser"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: run on SQLite only, not also on PostgreSQL (see docs/deploy.md)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the database runs on SQLite and on PostgreSQL, unless marked
+    sqlite_only or in browser/ (slow, and they exercise the pages, not the SQL).
+    LOA_TEST_DATABASES=sqlite narrows the run (a quick local loop)."""
+    if "database_backend" not in metafunc.fixturenames:
+        return
+    every = postgres.DATABASE_BACKENDS
+    wanted = os.environ.get("LOA_TEST_DATABASES", ",".join(every)).split(",")
+    backends = [b for b in every if b in wanted] or ["sqlite"]
+    only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+    if only_sqlite or BROWSER_TESTS in metafunc.definition.path.parents:
+        backends = ["sqlite"]
+    metafunc.parametrize("database_backend", backends, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, mqtt_broker: Broker, web_port: int) -> Settings:
-    return make_settings(tmp_path, mqtt_broker, public_base_url=f"http://127.0.0.1:{web_port}")
+def settings(tmp_path: Path, mqtt_broker: Broker, web_port: int, database_url: str) -> Settings:
+    return make_settings(
+        tmp_path,
+        mqtt_broker,
+        public_base_url=f"http://127.0.0.1:{web_port}",
+        database_url=database_url,
+    )
+
+
+@functools.cache
+def password_hash(password: str) -> str:
+    """scrypt is slow on purpose (0.1 s): the suite's three accounts are hashed once per run."""
+    return hash_password(password)
 
 
 @pytest.fixture
@@ -67,7 +112,8 @@ def db(settings: Settings) -> Iterator[Database]:
     database = Database(settings.database_url)
     with database.session() as session:
         for role in Role:
-            create_user(session, role.value, PASSWORDS[role.value], role)
+            digest = password_hash(PASSWORDS[role.value])
+            session.add(User(username=role.value, password_hash=digest, role=role))
     yield database
     database.dispose()
 

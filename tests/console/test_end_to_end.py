@@ -24,6 +24,9 @@ from firmware_bridge import build_bridge, load_bridge_config
 from tests.conftest import wait_for
 from tests.console.conftest import token_for
 
+# Real bridges and a broker: its SQL is the API's and the worker's, covered on PostgreSQL elsewhere.
+pytestmark = pytest.mark.sqlite_only
+
 COMMUNE = {"id": "xa-e2e", "name": "Xã Thử Nghiệm", "kind": "commune"}
 HAMLETS = [
     {"id": "thon-a", "name": "Thôn A", "kind": "hamlet", "parent_id": "xa-e2e"},

@@ -1,15 +1,21 @@
-"""Ingest: stores facts from devices; malformed or foreign payloads are counted, never fatal."""
+"""Ingest: stores facts from devices in batches; malformed or foreign payloads are counted,
+never fatal; a message the database refuses costs only itself. Also: the MQTT sockets of the
+console and the broker's config send small packets at once (TCP_NODELAY)."""
 
 from __future__ import annotations
 
 import json
+import socket
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from console.db import Database
-from console.ingest import Incoming, Ingest
+from console.ingest import DecodedBatch, Incoming, Ingest
 from console.models import (
     AudioFile,
     Broadcast,
@@ -22,7 +28,9 @@ from console.models import (
     Zone,
     ZoneKind,
 )
+from console.mqtt_link import ConsoleLink
 from device_profiles import protocol as p
+from tests.conftest import Broker
 
 NOW = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
 SHA = "a" * 64
@@ -203,3 +211,191 @@ def test_writer_thread_survives_bad_input(seeded: Database) -> None:
         ingest.stop()
     assert delivery(seeded).status is DeliveryStatus.RECEIVED
     assert counters(seeded)["malformed"] == 1
+
+
+def telemetry(device: str = "loa-1", **fields: Any) -> bytes:
+    return p.encode(p.Telemetry(id=p.new_message_id(), ts=ms(NOW), device_id=device, **fields))
+
+
+def incoming(channel: p.Channel, payload: bytes, at: datetime = NOW) -> Incoming:
+    return Incoming(p.device_topic("loa-1", channel), payload, at)
+
+
+UNSTORABLE = [
+    # Python's json reads NaN and Infinity; JSON and PostgreSQL's json do not.
+    (p.Channel.TELEMETRY, b'{"v":1,"id":"n","ts":1,"device_id":"loa-1","uptime_s":NaN}'),
+    (p.Channel.TELEMETRY, b'{"v":1,"id":"i","ts":1,"device_id":"loa-1","uptime_s":Infinity}'),
+    # PostgreSQL's text refuses NUL.
+    (
+        p.Channel.EVENT,
+        b'{"v":1,"id":"z","ts":1,"device_id":"loa-1","signal_class":"trouble",'
+        b'"signal":"door","active":true,"detail":"a\\u0000b"}',
+    ),
+    # A valid wire timestamp (up to 2**53 ms) beyond the years a datetime holds.
+    (
+        p.Channel.ACK,
+        json.dumps(
+            {"v": 1, "id": "t", "ts": 2**53, "device_id": "loa-1", "command_id": "b-1",
+             "status": "started"}
+        ).encode(),
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("channel", "payload"), UNSTORABLE)
+def test_payloads_the_database_could_not_hold_are_counted_malformed(
+    seeded: Database, channel: p.Channel, payload: bytes
+) -> None:
+    ingest = Ingest(seeded, clock=lambda: NOW)
+    ingest.handle_batch([incoming(channel, payload), ack("received", NOW)])
+    assert counters(seeded)["malformed"] == 1
+    assert delivery(seeded).status is DeliveryStatus.RECEIVED
+    with seeded.session() as s:
+        assert list(s.scalars(select(DeviceEvent))) == []
+
+
+def device_row(db: Database) -> Device:
+    with db.session() as s:
+        device = s.get(Device, "loa-1")
+        assert device is not None
+        return device
+
+
+def test_a_batch_keeps_the_last_of_each_kind_and_moves_changed_at_only_for_news(
+    seeded: Database,
+) -> None:
+    now = [NOW]
+    ingest = Ingest(seeded, clock=lambda: now[0])
+
+    def state(volume_pct: int) -> Incoming:
+        msg = p.DeviceState(
+            id=p.new_message_id(), ts=ms(NOW), device_id="loa-1", profile="speaker-node",
+            software_version="0.1", volume_pct=volume_pct,
+        )  # fmt: skip
+        return incoming(p.Channel.STATE, p.encode(msg))
+
+    def online(up: bool) -> Incoming:
+        msg = p.Availability(
+            id=p.new_message_id(), ts=ms(NOW), device_id="loa-1",
+            state="online" if up else "offline",
+        )  # fmt: skip
+        return incoming(p.Channel.AVAILABILITY, p.encode(msg))
+
+    later = NOW + timedelta(seconds=3)
+    ingest.handle_batch(
+        [
+            online(True),
+            state(40),
+            incoming(p.Channel.TELEMETRY, telemetry(uptime_s=1, cpu_temp_c=50.0)),
+            state(70),
+            incoming(p.Channel.TELEMETRY, telemetry(uptime_s=2, cpu_temp_c=51.0), later),
+        ]
+    )
+    row = device_row(seeded)
+    assert row.online and row.changed_at == NOW and row.last_seen_at == later
+    assert row.state is not None and row.state["volume_pct"] == 70
+    assert row.telemetry is not None and row.telemetry["uptime_s"] == 2
+
+    # Telemetry with the same faults (none), a repeated 'online': nothing new for the board.
+    now[0] = NOW + timedelta(minutes=1)
+    ingest.handle_batch(
+        [online(True), incoming(p.Channel.TELEMETRY, telemetry(uptime_s=60, cpu_temp_c=49.0))]
+    )
+    row = device_row(seeded)
+    assert row.changed_at == NOW and row.telemetry is not None and row.telemetry["uptime_s"] == 60
+
+    # Overheating is news; so is going offline.
+    now[0] = NOW + timedelta(minutes=2)
+    ingest.handle_batch([incoming(p.Channel.TELEMETRY, telemetry(uptime_s=120, cpu_temp_c=85.0))])
+    assert device_row(seeded).changed_at == now[0]
+    now[0] = NOW + timedelta(minutes=3)
+    ingest.handle_batch([online(False)])
+    row = device_row(seeded)
+    assert not row.online and row.changed_at == now[0]
+    # Off and on again within one batch: news, though it ends where it began.
+    now[0] = NOW + timedelta(minutes=4)
+    ingest.handle_batch([online(True), online(False)])
+    assert device_row(seeded).changed_at == now[0]
+
+
+def test_events_redelivered_in_a_later_batch_are_stored_once(seeded: Database) -> None:
+    ingest = Ingest(seeded, clock=lambda: NOW)
+    alarm = p.Event(
+        id="e-7", ts=ms(NOW), device_id="loa-1", signal_class="alarm", signal="call_point",
+        active=True, detail="<b>Cháy</b> ở chợ",
+    )  # fmt: skip
+    restore = alarm.model_copy(update={"id": "e-8", "active": False})
+    ingest.handle_batch([incoming(p.Channel.EVENT, p.encode(alarm))])
+    ingest.handle_batch(
+        [incoming(p.Channel.EVENT, p.encode(alarm)), incoming(p.Channel.EVENT, p.encode(restore))]
+    )
+    with seeded.session() as s:
+        stored = [(e.message_id, e.active, e.detail) for e in s.scalars(select(DeviceEvent))]
+    assert sorted(stored) == [
+        ("e-7", True, "<b>Cháy</b> ở chợ"),
+        ("e-8", False, "<b>Cháy</b> ở chợ"),
+    ]
+    assert counters(seeded)["duplicate_event"] == 1
+
+
+def test_acks_of_a_device_that_joined_after_the_broadcast_add_its_delivery(
+    seeded: Database,
+) -> None:
+    with seeded.session() as s:
+        s.add(Device(id="loa-2", name="Loa 2", profile="speaker-node", zone_id="xa",
+                     secret_sha256="x"))  # fmt: skip
+    ingest = Ingest(seeded, clock=lambda: NOW)
+    later = NOW + timedelta(seconds=4)
+    ingest.handle_batch([ack("received", NOW, device="loa-2"), ack("started", later, "loa-2")])
+    with seeded.session() as s:
+        row = s.scalar(select(Delivery).where(Delivery.device_id == "loa-2"))
+        assert row is not None
+        assert (row.status, row.received_at, row.started_at) == (
+            DeliveryStatus.STARTED, NOW, later,
+        )  # fmt: skip
+
+
+class RefusingIngest(Ingest):
+    """The database refuses whatever names device 'loa-bad' (as a constraint would)."""
+
+    def _store(self, session: Session, decoded: DecodedBatch, now: datetime) -> Any:
+        if "loa-bad" in decoded.devices:
+            raise IntegrityError("UPDATE devices", {}, Exception("refused"))
+        return super()._store(session, decoded, now)
+
+
+def test_a_message_the_database_refuses_costs_only_itself(seeded: Database) -> None:
+    with seeded.session() as s:
+        s.add(Device(id="loa-bad", name="x", profile="speaker-node", zone_id="xa",
+                     secret_sha256="x"))  # fmt: skip
+    ingest = RefusingIngest(seeded, clock=lambda: NOW)
+    # Queued before the writer starts: it takes them all as one batch.
+    for item in [ack("received", NOW)] * 3 + [ack("started", NOW, device="loa-bad")]:
+        ingest.enqueue(item.topic, item.payload)
+    good = ack("started", NOW)
+    ingest.enqueue(good.topic, good.payload)
+    ingest.start()
+    ingest.stop()
+    assert delivery(seeded).status is DeliveryStatus.STARTED
+    c = counters(seeded)
+    assert (c["store_failed"], c["in_ack"]) == (1, 4)
+
+
+def test_the_console_link_and_the_broker_send_small_packets_at_once(mqtt_broker: Broker) -> None:
+    assert "set_tcp_nodelay true" in mqtt_broker.process.settings.config_path.read_text().split(
+        "\n"
+    )
+    link = ConsoleLink(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        mqtt_broker.console_username,
+        mqtt_broker.console_password,
+        client_name="test-nodelay",
+    )
+    link.start()
+    try:
+        sock = link.tcp_socket()
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        link.stop()

@@ -1,9 +1,10 @@
 """Firing is idempotent end to end: two console workers started by mistake, or a worker
 restarted across an occurrence, publish each occurrence once; one missed during downtime is
-recorded missed and never played late."""
+recorded missed and never played late. (Hand-over between workers: test_lease.py.)"""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,12 +14,13 @@ import pytest
 from flask.testing import FlaskClient
 
 from console.db import Database
+from console.lease import LeaderElector
 from console.models import AudioFile, Schedule
 from console.mqtt_link import LinkError
 from console.settings import Settings
 from console.worker import build_worker
 from device_profiles import protocol
-from scheduler import Occurrence
+from scheduler import Occurrence, SystemClock
 from tests.conftest import Broker, wait_for
 from tests.console.conftest import token_for
 from tests.firmware_bridge.mqtt_tools import Listener
@@ -97,16 +99,17 @@ def test_two_workers_started_by_mistake_fire_an_occurrence_once(
     for worker in workers:
         worker.start(poll_s=0.2)
     try:
+        # The first holds the leader lease; the second waits, never connected to the broker
+        # (both would use the worker's one client id and knock each other off).
+        assert [w.is_leader() for w in workers] == [True, False]
+        assert not workers[1].link.connected.is_set()
         wait_for(lambda: watcher.commands, 20, "the occurrence to be published")
         time.sleep(3)  # time for a second publish, were there one
     finally:
         for worker in workers:
             worker.stop()
     occurrence = f"s{schedule_id}-{at:%Y%m%dT%H%M%SZ}"
-    # One claim, one record. The two workers share the broker session id and knock each
-    # other off; a publish interrupted that way is retried, so the same command may cross
-    # the broker more than once (QoS 1 is at least once) — bridges play an id once.
-    assert set(watcher.ids()) == {occurrence}
+    assert watcher.ids() == [occurrence]  # one publish, one claim, one record
     [broadcast] = broadcasts(client, schedule_id)
     assert broadcast["id"] == occurrence and broadcast["status"] != "missed"
 
@@ -154,6 +157,16 @@ def test_an_occurrence_missed_during_downtime_is_recorded_and_never_played(
     assert watcher.ids() == []  # late by more than the grace: never played
 
 
+class GrantedLease:
+    """A lease store that always grants: the worker leads without another worker to ask."""
+
+    def acquire(self, holder: str, now: datetime, duration_s: float) -> bool:
+        return True
+
+    def release(self, holder: str, now: datetime) -> None:
+        return None
+
+
 class FlakyLink:
     """Stands in for the broker connection only to make it fail on purpose."""
 
@@ -172,6 +185,9 @@ def fire_with(settings: Settings, db: Database, link: FlakyLink, grace_s: float)
     """Fire an occurrence due now (its time is whole seconds, so up to 1 s already past)."""
     worker = build_worker(settings.model_copy(update={"misfire_grace_s": grace_s}), db=db)
     worker.link = link  # type: ignore[assignment]
+    # Leading, without the term's broker connection and scheduler: fire() is under test.
+    worker.elector = LeaderElector(GrantedLease(), SystemClock())
+    assert worker.elector.tick()
     at = datetime.now(UTC).replace(microsecond=0)
     occurrence = Occurrence(schedule_id=add_schedule(db, at), scheduled_at=at)
     worker.fire(occurrence)
@@ -194,3 +210,50 @@ def test_a_publish_that_keeps_failing_is_recorded_missed_not_lost(
     occurrence = fire_with(settings, db, FlakyLink(failures=1000), grace_s=2.0)
     [broadcast] = broadcasts(client, occurrence.schedule_id)
     assert broadcast["id"] == occurrence.id and broadcast["status"] == "missed"
+
+
+class RevocableLease:
+    """Grants until revoked: the worker leads, then loses the lease on its next beat."""
+
+    def __init__(self) -> None:
+        self.granted = True
+
+    def acquire(self, holder: str, now: datetime, duration_s: float) -> bool:
+        return self.granted
+
+    def release(self, holder: str, now: datetime) -> None:
+        return None
+
+
+def test_an_occurrence_a_deposed_leader_could_not_send_is_sent_by_the_next(
+    client: FlaskClient, settings: Settings, db: Database, watcher: ZoneWatcher
+) -> None:
+    link = FlakyLink(failures=1000)
+    worker = build_worker(settings, db=db)
+    worker.link = link  # type: ignore[assignment]
+    lease = RevocableLease()
+    worker.elector = LeaderElector(lease, SystemClock())
+    assert worker.elector.tick()
+    at = datetime.now(UTC).replace(microsecond=0)
+    worker.source.set_last_checked(at)  # as its scheduler does when it takes the job
+    occurrence = Occurrence(schedule_id=add_schedule(db, at), scheduled_at=at)
+    firing = threading.Thread(target=worker.fire, args=(occurrence,))
+    firing.start()
+    wait_for(lambda: link.failures < 999, 10, "a failed publish and a retry")
+    lease.granted = False  # another worker holds the lease now
+    assert not worker.elector.tick()
+    firing.join(10)
+    assert not firing.is_alive()
+    assert broadcasts(client, occurrence.schedule_id) == []  # neither sent nor missed here
+    last_checked = worker.source.last_checked()
+    assert last_checked is not None and last_checked < at  # handed back
+
+    successor = build_worker(settings, db=db)
+    successor.start(poll_s=0.2)
+    try:
+        wait_for(lambda: watcher.ids(), 20, "the successor's catch-up to send it")
+    finally:
+        successor.stop()
+    assert watcher.ids() == [occurrence.id] and link.sent == []
+    [broadcast] = broadcasts(client, occurrence.schedule_id)
+    assert broadcast["status"] == "sent"

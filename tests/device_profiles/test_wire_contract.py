@@ -16,6 +16,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "protocol"
 KINDS: dict[str, type[p.Message]] = {
     "play_command": p.PlayCommand,
     "emergency_command": p.PlayCommand,
+    "emergency_until_stopped_command": p.PlayCommand,  # repeat 0: until a STOP
     "stop_command": p.StopCommand,
     "stop_all_command": p.StopCommand,
     "ack_started": p.Ack,

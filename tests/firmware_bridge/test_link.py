@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -169,6 +170,15 @@ def test_online_retained_on_connect_and_offline_retained_on_clean_stop(
     under.link.stop()
     offline = retained_availability(mqtt_broker, "loa-lk1")
     assert offline.state is protocol.AvailabilityState.OFFLINE
+
+
+def test_small_packets_leave_at_once_without_nagle(
+    mqtt_broker: Broker, link_factory: Callable[[Broker, str, list[str]], LinkUnderTest]
+) -> None:
+    under = link_factory(mqtt_broker, "loa-lk9", ["zone-lk9"])
+    sock = under.link.tcp_socket()
+    assert sock is not None
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 def emitter(config_path: Path, count: int, log: IO[str], *extra: str) -> subprocess.Popen[str]:
