@@ -75,6 +75,15 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# The modules that run on PostgreSQL too in `make test`: those whose point is the SQL (the
+# API's queries, schedules, reports, ingest, the worker's claims and lease, migrations,
+# backup). LOA_TEST_POSTGRES=all runs every database test on both backends.
+POSTGRES_MODULES = {
+    "test_api", "test_programme", "test_history", "test_ingest", "test_lease",
+    "test_worker_firing", "test_postgres", "test_gunicorn", "test_backup",
+}  # fmt: skip
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Every test that uses the database runs on SQLite and on PostgreSQL, unless marked
     sqlite_only or in browser/ (slow, and they exercise the pages, not the SQL).
@@ -87,6 +96,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
     if only_sqlite or BROWSER_TESTS in metafunc.definition.path.parents:
         backends = ["sqlite"]
+    elif (
+        metafunc.definition.path.stem not in POSTGRES_MODULES
+        and os.environ.get("LOA_TEST_POSTGRES") != "all"
+    ):
+        backends = ["sqlite"]  # keeps `make test` under 15 minutes on 2 cores
     metafunc.parametrize("database_backend", backends, indirect=True)
 
 

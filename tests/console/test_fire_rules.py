@@ -86,7 +86,8 @@ def test_a_call_point_alarm_is_announced_once_on_its_hamlet_even_after_restarts(
     assert command.priority is protocol.Priority.EMERGENCY and command.volume_pct == 100
     assert command.audio.sha256 == FIRE_SHA and command.repeat == REPEAT
     assert command.title == "Báo cháy"
-    (entry,) = audit_of(db, "fire_announcement")
+    # The audit entry is written just after the publish: wait for it, not for the command.
+    (entry,) = wait_for(lambda: audit_of(db, "fire_announcement"), 15, "the audit entry")
     assert entry.user_id is None and entry.username == ""  # done by the system itself
     assert entry.target == command.id and entry.detail["zone_id"] == HAMLET_A
     with db.session() as session:
@@ -115,7 +116,7 @@ def test_a_call_point_alarm_is_announced_once_on_its_hamlet_even_after_restarts(
     ids = [c.id for c in plays_on(zone_commands, HAMLET_A)]
     assert ids == [broadcast_id_for(FIRE_POINT, m) for m in ("press-1", "press-2", "press-3")]
     assert plays_on(zone_commands, HAMLET_B) == [] and plays_on(zone_commands, COMMUNE) == []
-    assert len(audit_of(db, "fire_announcement")) == 3
+    wait_for(lambda: len(audit_of(db, "fire_announcement")) == 3, 15, "three audit entries")
 
 
 def test_without_a_rule_an_alarm_only_shows_in_the_console(
