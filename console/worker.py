@@ -153,6 +153,8 @@ class Worker:
         self._stop = threading.Event()  # the worker stops
         self._term_stop = threading.Event()  # the current term as leader ends
         self._terms = 0
+        # The schedules revision the current term started from.
+        self._term_revision: tuple[int, datetime | None, int, datetime | None] | None = None
         self._poll_s = 1.0
         self._elector_thread: threading.Thread | None = None
         self._threads: list[threading.Thread] = []
@@ -257,7 +259,9 @@ class Worker:
             log.warning("occurrence %s missed (console was down past the grace)", occurrence.id)
 
     def _watch_schedules(self, stop: threading.Event, poll_s: float) -> None:
-        seen = self.source.revision()
+        # The revision the scheduler loaded from (read before it started): a schedule saved
+        # while the term was starting is reloaded, not missed.
+        seen = self._term_revision
         while not stop.wait(poll_s):
             try:
                 current = self.source.revision()
@@ -287,6 +291,7 @@ class Worker:
         self.ingest.forget()  # the previous leader may have stored telemetry since
         try:
             self.link.start()
+            self._term_revision = self.source.revision()
             self.scheduler.start()
         except BaseException:
             self._follow()
