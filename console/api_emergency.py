@@ -10,13 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from flask import Response, jsonify, stream_with_context
+from flask import Response, jsonify
 from flask_babel import lazy_gettext as _l
 from pydantic import Field, StrictInt
 from sqlalchemy import select
@@ -41,7 +39,7 @@ from console.auth import db, require_role
 from console.broadcasts import BroadcastError, BroadcastRequest, send_broadcast
 from console.communes import DEFAULT_QUIET_HOURS, CommuneError, get_commune
 from console.library import speak_into_library
-from console.live import HEARTBEAT_S, MAX_STREAM_S, POLL_S, event_stream, sse_event
+from console.live import event_stream
 from console.models import (
     AudioFile,
     Broadcast,
@@ -237,32 +235,21 @@ def broadcast_live(broadcast_id: str) -> Response:
         if session.get(Broadcast, broadcast_id[:64]) is None:
             raise ApiError(404, "not_found", f"no broadcast {broadcast_id[:64]!r}")
     database, now = db(), clock().now
+    # The cursor: the digest of the last progress sent, and whether the stream is over (the
+    # broadcast is settled, or gone).
+    Cursor = tuple[str, bool]
 
-    def generate() -> Iterator[str]:
-        yield f"retry: {int(POLL_S * 2000)}\n\n"
-        last, started = "", time.monotonic()
-        beat = started
-        while True:
-            with database.session() as session:
-                broadcast = session.get(Broadcast, broadcast_id)
-                data = progress(session, broadcast, now()) if broadcast else None
-            if data is None:
-                return
-            digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-            if digest != last:
-                last, beat = digest, time.monotonic()
-                yield sse_event("progress", data, digest)
-            elif time.monotonic() - beat >= HEARTBEAT_S:
-                beat = time.monotonic()
-                yield ": keep-alive\n\n"
-            if data["done"] or time.monotonic() - started >= MAX_STREAM_S:
-                return
-            time.sleep(POLL_S)
+    def poll(cursor: Cursor) -> tuple[list[tuple[str, Any]], Cursor]:
+        with database.session() as session:
+            broadcast = session.get(Broadcast, broadcast_id)
+            data = progress(session, broadcast, now()) if broadcast else None
+        if data is None:
+            return [], (cursor[0], True)
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        events = [("progress", data)] if digest != cursor[0] else []
+        return events, (digest, bool(data["done"]))
 
-    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
+    return event_stream(poll, ("", False), cursor_id=lambda c: c[0], finished=lambda c: c[1])
 
 
 # --- fire-point alarms ----------------------------------------------------------------------

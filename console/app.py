@@ -14,19 +14,9 @@ from console import api, media, services, web
 from console.auth import init_auth
 from console.db import Database
 from console.models import Role
+from console.reports import DELIVERY_LABELS
 from console.settings import Settings
 from scheduler import Clock, SystemClock
-
-STATUS_LABELS = {
-    "pending": _l("No answer"),
-    "received": _l("Received"),
-    "started": _l("Playing"),
-    "finished": _l("Played"),
-    "failed": _l("Failed"),
-    "preempted": _l("Interrupted"),
-    "stopped": _l("Stopped"),
-}
-
 
 ROLE_LABELS = {
     Role.ADMIN: _l("Administrator"),
@@ -72,7 +62,7 @@ def create_app(settings: Settings, db: Database | None = None, clock: Clock | No
     def _globals() -> dict[str, object]:
         return {
             "lang": select_locale(),
-            "status_label": lambda s: str(STATUS_LABELS.get(s, s)),
+            "status_label": lambda s: str(DELIVERY_LABELS.get(s, s)),
             "role_label": lambda r: str(ROLE_LABELS.get(Role(r), r)),
             "Role": Role,
             "nav_items": web.NAV,

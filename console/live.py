@@ -42,10 +42,12 @@ def event_stream(
     cursor: C,
     *,
     cursor_id: Callable[[C], str] = str,
+    finished: Callable[[C], bool] = lambda _cursor: False,
     poll_s: float = POLL_S,
     max_s: float = MAX_STREAM_S,
 ) -> Response:
-    """A text/event-stream response: `poll(cursor)` every `poll_s` until `max_s` is spent."""
+    """A text/event-stream response: `poll(cursor)` every `poll_s` until `max_s` is spent,
+    or until `finished(cursor)` says nothing more can change."""
 
     def generate() -> Iterator[str]:
         nonlocal cursor
@@ -61,7 +63,7 @@ def event_stream(
             elif now - last_beat >= HEARTBEAT_S:
                 yield ": keep-alive\n\n"
                 last_beat = now
-            if now - started >= max_s:
+            if finished(cursor) or now - started >= max_s:
                 return
             time.sleep(poll_s)
 

@@ -56,7 +56,7 @@ CSV_CHUNK = 500
 # A broadcast may still be answered until its command expired and the audio had time to play.
 _ANSWER_MARGIN = timedelta(seconds=30)
 
-# The live board's words for each delivery status (the same as the console's status_label).
+# The words for each delivery status, on every page (the templates' status_label).
 DELIVERY_LABELS = {
     "pending": _l("No answer"),
     "received": _l("Received"),

@@ -13,14 +13,16 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from console.app import create_app
 from console.broker import free_port
 from console.db import Database, upgrade
-from console.models import Role, User
+from console.models import AuditEntry, Role, User
 from console.security import hash_password
 from console.settings import BrokerConfig, Settings
+from console.worker import Worker, build_worker
 from tests import postgres
 from tests.conftest import Broker
 
@@ -145,6 +147,21 @@ def app(settings: Settings, db: Database) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def worker(settings: Settings, db: Database) -> Iterator[Worker]:
+    """The console worker, running: its ingest stores what devices report, as in production."""
+    running = build_worker(settings, db=db)
+    running.start(poll_s=0.2)
+    yield running
+    running.stop()
+
+
+def audit_of(db: Database, action: str) -> list[AuditEntry]:
+    """The audit log's entries of one action."""
+    with db.session() as session:
+        return list(session.scalars(select(AuditEntry).where(AuditEntry.action == action)))
 
 
 def token_for(client: FlaskClient, role: str) -> dict[str, str]:

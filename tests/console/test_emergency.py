@@ -20,7 +20,6 @@ from sqlalchemy import select
 from console.db import Database
 from console.models import (
     AudioFile,
-    AuditEntry,
     Broadcast,
     CommuneSettings,
     Delivery,
@@ -33,7 +32,7 @@ from console.models import (
 )
 from device_profiles import protocol
 from tests.conftest import Broker, wait_for
-from tests.console.conftest import token_for
+from tests.console.conftest import audit_of, token_for
 from tests.firmware_bridge.mqtt_tools import Listener
 
 COMMUNE = "xa-khan"
@@ -96,10 +95,6 @@ def commands_on(
         payloads = [p for t, p in listener.messages if t == topic]
     return [protocol.decode_command(p) for p in payloads]
 
-
-def audit_of(db: Database, action: str) -> list[AuditEntry]:
-    with db.session() as session:
-        return list(session.scalars(select(AuditEntry).where(AuditEntry.action == action)))
 
 
 # --- sounding an emergency --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from console.settings import Settings
 from console.worker import Worker, build_worker
 from device_profiles import protocol
 from tests.conftest import wait_for
+from tests.console.conftest import audit_of
 from tests.console.test_emergency import (  # noqa: F401  (commune and zone_commands: fixtures)
     COMMUNE,
     FIRE_POINT,
@@ -29,7 +30,6 @@ from tests.console.test_emergency import (  # noqa: F401  (commune and zone_comm
     HAMLET_A,
     HAMLET_B,
     add_event,
-    audit_of,
     commands_on,
     commune,
     zone_commands,

@@ -404,13 +404,6 @@ def make_zones(client: FlaskClient, commune: str, hamlet: str) -> None:
         assert client.post("/api/v1/zones", json=zone, headers=admin).status_code == 201
 
 
-@pytest.fixture
-def worker(settings: Settings, db: Database) -> Iterator[Worker]:
-    running = build_worker(settings, db=db)
-    running.start(poll_s=0.2)
-    yield running
-    running.stop()
-
 
 def check_presets(config: protocol.DeviceConfig, db: Database, base_url: str) -> None:
     with db.session() as session:

@@ -10,8 +10,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from console.db import Database
-from console.models import AuditEntry, User
-from tests.console.conftest import PASSWORDS, token_for
+from console.models import User
+from tests.console.conftest import PASSWORDS, audit_of, token_for
 from tests.console.test_history import csrf_token, web_login
 
 
@@ -21,10 +21,6 @@ def user_id(db: Database, username: str) -> int:
     assert uid is not None
     return uid
 
-
-def audit_of(db: Database, action: str) -> list[AuditEntry]:
-    with db.session() as s:
-        return list(s.scalars(select(AuditEntry).where(AuditEntry.action == action)))
 
 
 def new_token(client: FlaskClient, username: str, password: str) -> dict[str, str]:

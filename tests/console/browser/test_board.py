@@ -8,29 +8,16 @@ from __future__ import annotations
 import re
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from playwright.sync_api import Page, expect
 
-from console.db import Database
-from console.settings import Settings
-from console.worker import Worker, build_worker
+from console.worker import Worker
 from device_profiles import protocol as p
 from tests.conftest import Broker
 from tests.console.browser.conftest import PHONE, login
-
-
-@pytest.fixture
-def worker(settings: Settings, db: Database) -> Iterator[Worker]:
-    """The console worker: its ingest stores what devices report, as in production."""
-    running = build_worker(settings, db=db)
-    running.start(poll_s=0.2)
-    yield running
-    running.stop()
 
 
 def add_zone(page: Page, kind: str, name: str, parent: str | None = None) -> None:

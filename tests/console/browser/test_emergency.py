@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
-import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from console.db import Database
 from console.models import DeviceEvent, User
-from console.settings import Settings
-from console.worker import Worker, build_worker
+from console.worker import Worker
 from device_profiles import protocol
 from tests.conftest import wait_for
 from tests.console.browser.conftest import PHONE, login
@@ -31,15 +28,6 @@ from tests.console.test_emergency import (  # noqa: F401  (commune and zone_comm
     zone_commands,
 )
 from tests.firmware_bridge.mqtt_tools import Listener
-
-
-@pytest.fixture
-def worker(settings: Settings, db: Database) -> Iterator[Worker]:
-    """The console worker: its ingest stores what the devices report."""
-    running = build_worker(settings, db=db)
-    running.start(poll_s=0.2)
-    yield running
-    running.stop()
 
 
 def ack(
