@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,19 @@ import pytest
 from console.broker import BrokerProcess, BrokerSettings, DynsecAdmin, free_port
 
 T = TypeVar("T")
+
+
+SOAK = os.environ.get("LOA_SOAK") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak runs are long: only `make soak` (LOA_SOAK=1) runs them."""
+    if SOAK:
+        return
+    skip = pytest.mark.skip(reason="soak run: `make soak`")
+    for item in items:
+        if item.get_closest_marker("soak"):
+            item.add_marker(skip)
 
 
 def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
