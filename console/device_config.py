@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from pydantic import BaseModel
-from sqlalchemy import Integer, Text, cast, select, update
+from sqlalchemy import Integer, Table, Text, bindparam, cast, select, update
 from sqlalchemy.orm import Session
 
 from console.broadcasts import has_speaker, media_url
@@ -33,6 +34,9 @@ CONFIG_REVISION_KEY = "config.revision"  # the row is created by migration 0002
 DEFAULT_VOLUME_PCT = 80  # no per-device volume is stored yet
 CLEARED = ""  # the digest of a record whose device was removed
 CONFIG_QOS = protocol.QOS[protocol.Channel.CONFIG]
+_CONFIGS = typing.cast(Table, DeviceConfigRecord.__table__)
+CONFIRM_BATCH = 500  # rows per UPDATE when recording what the broker confirmed
+LOGGED_NAMES = 20  # device names in the "published" log line; the rest are counted
 
 
 class RetainedPublisher(Protocol):
@@ -149,37 +153,46 @@ class ConfigPusher:
 
     def plan(self, republish: bool = False) -> list[Outgoing]:
         """Advance the version of every config whose content changed (committed) and list
-        what must be published: changed or never confirmed ones, or all when republishing."""
+        what must be published: changed or never confirmed ones, or all when republishing.
+
+        The contents are computed from a read; the write lock is taken only to store the
+        versions that moved, so the ingest beside it is not held up by a whole fleet."""
         now = self._clock()
         ts_ms = int(now.timestamp() * 1000)
-        out: list[Outgoing] = []
-        with self.db.write_session() as session:
+        with self.db.session() as session:
             parents = zone_parents(session)
             presets = preset_refs(session, self.base_url)
-            records = {r.device_id: r for r in session.scalars(select(DeviceConfigRecord))}
-            devices = list(session.scalars(select(Device).order_by(Device.id)))
-            for device in devices:
+            known = {r.device_id: r.digest for r in session.scalars(select(DeviceConfigRecord))}
+            contents: dict[str, ConfigContent] = {}
+            for device in session.scalars(select(Device).order_by(Device.id)):
                 try:
-                    content = device_content(device, parents, presets)
+                    contents[device.id] = device_content(device, parents, presets)
                 except ZoneError as exc:
                     log.error("no config for %s: %s", device.id, exc)
-                    continue
-                record = records.get(device.id)
+        digests = {device_id: content.digest for device_id, content in contents.items()}
+        digests.update({d: CLEARED for d in known if d not in contents and known[d] != CLEARED})
+        moved = sorted(d for d, digest in digests.items() if known.get(d) != digest)
+        due: list[tuple[str, int, ConfigContent | None]] = []
+        with self.db.write_session() as session:
+            records = {r.device_id: r for r in session.scalars(select(DeviceConfigRecord))}
+            for device_id in moved:
+                record = records.get(device_id)
                 if record is None:
-                    record = DeviceConfigRecord(device_id=device.id, version=0, digest=CLEARED)
+                    record = DeviceConfigRecord(device_id=device_id, version=0, digest=CLEARED)
                     session.add(record)
-                _advance(record, content.digest, now)
-                if republish or record.published_version != record.version:
-                    message = content.message(record.version, protocol.new_message_id(), ts_ms)
-                    out.append(Outgoing(device.id, record.version, message))
-            present = {d.id for d in devices}
+                    records[device_id] = record
+                _advance(record, digests[device_id], now)
             for device_id, record in sorted(records.items()):
-                if device_id in present:
-                    continue
-                _advance(record, CLEARED, now)
-                if record.published_version != record.version:
-                    out.append(Outgoing(device_id, record.version, None))
-        return out
+                content = contents.get(device_id)
+                if content is None:
+                    if record.digest == CLEARED and record.published_version != record.version:
+                        due.append((device_id, record.version, None))
+                elif republish or record.published_version != record.version:
+                    due.append((device_id, record.version, content))
+        return [
+            Outgoing(d, v, c.message(v, protocol.new_message_id(), ts_ms) if c else None)
+            for d, v, c in due
+        ]
 
     def publish(self, outgoing: Sequence[Outgoing]) -> bool:
         """Publish each retained (QoS 1) and record what the broker confirmed; False: retry."""
@@ -198,14 +211,27 @@ class ConfigPusher:
                 break
             done.append(item)
         if done:
-            with self.db.session() as session:
-                for item in done:
-                    record = session.get(DeviceConfigRecord, item.device_id)
-                    if record is not None and record.version == item.version:
-                        record.published_version = item.version
+            self._confirm(done)
             names = [f"{i.device_id} v{i.version}" + ("" if i.config else " cleared") for i in done]
-            log.info("published device configs: %s", ", ".join(names))
+            shown = ", ".join(names[:LOGGED_NAMES])
+            more = f" and {len(names) - LOGGED_NAMES} more" if len(names) > LOGGED_NAMES else ""
+            log.info("published %d device configs: %s%s", len(done), shown, more)
         return not failed
+
+    def _confirm(self, done: Sequence[Outgoing]) -> None:
+        """Record what the broker confirmed, in one statement per batch: a short write
+        transaction even for a whole province's devices (the ingest writes beside it)."""
+        table = _CONFIGS
+        statement = (
+            update(table)
+            .where(table.c.device_id == bindparam("b_device"))
+            .where(table.c.version == bindparam("b_version"))
+            .values(published_version=bindparam("b_version"))
+        )
+        rows = [{"b_device": i.device_id, "b_version": i.version} for i in done]
+        with self.db.session() as session:
+            for start in range(0, len(rows), CONFIRM_BATCH):
+                session.connection().execute(statement, rows[start : start + CONFIRM_BATCH])
 
     def sync(self, republish: bool = False) -> bool:
         """Bring every retained config up to date; False when some must be retried."""
