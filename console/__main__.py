@@ -1,4 +1,4 @@
-"""Command line of the console: `python -m console {run,init,web,serve,worker,migrate,
+"""Command line of the console: `python -m console {run,init,tls,web,serve,worker,migrate,
 create-user,presets,backup,restore}`."""
 
 from __future__ import annotations
@@ -38,7 +38,11 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.instance)
     app = create_app(settings)
-    app.run(host=settings.web_host, port=settings.web_port, threaded=True, use_reloader=False)
+    tls = settings.tls if settings.tls and settings.tls.web else None
+    app.run(
+        host=settings.web_host, port=settings.web_port, threaded=True, use_reloader=False,
+        ssl_context=(str(tls.cert_file), str(tls.key_file)) if tls else None,
+    )  # fmt: skip
     return 0
 
 
@@ -69,6 +73,58 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"instance ready: {args.instance.resolve()}")
     if password:
         print(f"first admin login (shown once): admin / {password}")
+    return 0
+
+
+def cmd_tls(args: argparse.Namespace) -> int:
+    """The instance's CA (made once, kept) and a new server certificate (renewal: run again);
+    the first time, a [tls] section in config.toml; then the broker's config is rewritten."""
+    from urllib.parse import urlsplit
+
+    from console.broker import write_config
+    from console.devrun import broker_settings
+    from console.settings import add_tls_section, load_settings
+    from console.tls import TLS_DIR, TlsError, TlsFiles, issue_server_certificate
+
+    settings = load_settings(args.instance)
+    files = TlsFiles(settings.instance_dir.resolve() / TLS_DIR)
+    if settings.tls is not None and settings.tls.cert_file != files.cert:
+        print(f"error: [tls] in config.toml names {settings.tls.cert_file}; this command "
+              f"makes {files.cert} only (renew your own certificate your own way)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    names = args.name or [
+        settings.broker.public_host, urlsplit(settings.public_base_url).hostname or ""
+    ]
+    try:
+        issued = issue_server_certificate(files, [*names, "localhost", "127.0.0.1"])
+    except TlsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    added = settings.tls is None
+    settings = add_tls_section(
+        settings.instance_dir,
+        {
+            "ca_file": str(files.ca_cert),
+            "cert_file": str(files.cert),
+            "key_file": str(files.key),
+            "broker_port": args.broker_port,
+            "web": args.web,
+        },
+    )
+    assert settings.tls is not None
+    write_config(broker_settings(settings))
+    print(f"CA certificate: {files.ca_cert} ({'new' if issued.ca_created else 'kept'})")
+    print(f"  sha256 fingerprint {issued.ca_fingerprint}")
+    print(f"server certificate: {files.cert}, valid until {issued.not_after:%Y-%m-%d}")
+    print(f"  for {', '.join(issued.names)}")
+    if added:
+        print("config.toml: [tls] added")
+    port = settings.tls.broker_port
+    print(f"broker TLS listener: {f'port {port}' if port else 'off'}; "
+          f"web HTTPS: {'on' if settings.tls.web else 'off (behind a proxy)'}")  # fmt: skip
+    print("Restart the broker and the web to use it. Devices registered before get TLS with a "
+          "new config file (reissue their credentials); see docs/security.md.")  # fmt: skip
     return 0
 
 
@@ -221,6 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     init = sub.add_parser("init", help="a new production instance (no demo), see deploy.md")
     init.add_argument("--web-port", type=int, default=8080)
     init.add_argument("--broker-port", type=int, default=1883)
+    tls = sub.add_parser(
+        "tls", help="CA and server certificate for the broker and web (renew: run again)"
+    )
+    tls.add_argument(
+        "--name", action="append",
+        help="a host name or IP address devices and browsers use (repeat; default: "
+        "[broker] public_host and public_base_url's host)",
+    )  # fmt: skip
+    tls.add_argument(
+        "--broker-port", type=int, default=8883, help="the broker's TLS port (0: no listener)"
+    )
+    tls.add_argument("--web", action="store_true", help="`serve` answers HTTPS itself")
     sub.add_parser("migrate", help="upgrade the database schema")
     create = sub.add_parser("create-user", help="add a staff account (password asked)")
     create.add_argument("username")
@@ -245,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         "web": cmd_web,
         "serve": cmd_serve,
         "init": cmd_init,
+        "tls": cmd_tls,
         "worker": cmd_worker,
         "migrate": cmd_migrate,
         "create-user": cmd_create_user,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from console.models import ApiToken, Role, User
+from console.models import ApiToken, Role, User, WebSession
 from console.security import MIN_PASSWORD_LENGTH, check_password, hash_password, new_password
 
 
@@ -27,8 +27,11 @@ def create_user(session: Session, username: str, password: str, role: Role) -> U
     return user
 
 
-def change_password(session: Session, user_id: int, current: str, new: str) -> User:
-    """Set a user's own new password, after checking the current one."""
+def change_password(
+    session: Session, user_id: int, current: str, new: str, keep_session: str | None = None
+) -> User:
+    """Set a user's own new password, after checking the current one; the user's other
+    logins end (all but `keep_session`, the hash of the browser's own login key)."""
     user = session.get(User, user_id)
     if user is None or not check_password(user.password_hash, current):
         raise AccountError("the current password is wrong")
@@ -37,6 +40,10 @@ def change_password(session: Session, user_id: int, current: str, new: str) -> U
     if new == current:
         raise AccountError("the new password is the same as the current one")
     user.password_hash = hash_password(new)
+    others = delete(WebSession).where(WebSession.user_id == user.id)
+    if keep_session is not None:
+        others = others.where(WebSession.key_sha256 != keep_session)
+    session.execute(others)
     return user
 
 
@@ -62,8 +69,8 @@ def update_user(
 ) -> tuple[User, dict[str, list[object]]]:
     """Change a user's role and/or active flag; returns the user and {field: [old, new]}.
 
-    Refused if it would leave no active admin. Deactivating revokes the user's API tokens;
-    their session ends at the next request (only active users are loaded).
+    Refused if it would leave no active admin. Deactivating revokes the user's API tokens
+    and ends their logins (their next request is refused).
     """
     user = session.get(User, user_id)
     if user is None:
@@ -87,11 +94,13 @@ def update_user(
         user.active = new_active
         if not new_active:
             session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+            session.execute(delete(WebSession).where(WebSession.user_id == user.id))
     return user, changes
 
 
 def reset_password(session: Session, user_id: int, password: str | None = None) -> str:
-    """Give a user a new password (a generated one unless given) and revoke their API tokens."""
+    """Give a user a new password (a generated one unless given); their API tokens and
+    logins end."""
     user = session.get(User, user_id)
     if user is None:
         raise UserNotFound(f"no user {user_id}")
@@ -100,4 +109,5 @@ def reset_password(session: Session, user_id: int, password: str | None = None) 
         raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
     user.password_hash = hash_password(password)
     session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+    session.execute(delete(WebSession).where(WebSession.user_id == user.id))
     return password

@@ -16,12 +16,13 @@ from flask_wtf.csrf import CSRFProtect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from audio_library import AudioError
 from console import audit
 from console.auth import AuthError, LoginLocked, authenticate, db, issue_token, require_role
 from console.broadcasts import BroadcastError, BroadcastRequest, delivery_summary, send_broadcast
+from console.broker import BrokerError
 from console.device_config import bump_config_revision
 from console.library import add_audio, import_upload
 from console.models import (
@@ -34,8 +35,9 @@ from console.models import (
     Zone,
     ZoneKind,
 )
+from console.mqtt_link import LinkError
 from console.presets import GONG_KEY, MAX_GONG_MS, PRESETS, SPECS
-from console.provisioning import ProvisioningError, register_device
+from console.provisioning import DecommissionedError, ProvisioningError, register_device
 from console.services import broker_admin, console_link, settings
 from console.zones import ZoneError, zone_parents
 from device_profiles import protocol
@@ -82,6 +84,8 @@ class DeviceBody(Body):
     zone_id: ZoneId
     latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
     longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+    # Put a decommissioned device (this id) back in service; without it its id is refused.
+    revive: bool = False
 
 
 class BroadcastBody(Body):
@@ -103,10 +107,36 @@ class StopBody(Body):
     zone_ids: Annotated[list[ZoneId], Field(max_length=200)] = Field(default_factory=list)
 
 
+def nul_character_at(data: Any) -> str | None:
+    """The path ("rule.times.0") of the first key or string holding a NUL character, if any.
+    Iterative: a body nested nearly as deep as json.loads allows must not recurse again."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path or "body"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if "\x00" in str(key):
+                    return where.replace("\x00", "\\0")
+                stack.append((where, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+    return None
+
+
 def parse_body(model: type[M]) -> M:
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # json.loads of a body nested thousands deep
+        data = None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the request body must be a JSON object")
+    nul = nul_character_at(data)
+    if nul is not None:  # PostgreSQL's text cannot hold one: refused here, not with a 500
+        raise ApiError(422, "invalid", f"{nul}: a NUL character is not allowed", field=nul)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -144,6 +174,8 @@ def device_json(d: Device, config_version: int | None = None) -> dict[str, Any]:
         "config_version": config_version,
         "state": d.state,
         "telemetry": d.telemetry,
+        # Set once decommissioned: listed nowhere, but the history still names it.
+        "decommissioned_at": iso(d.decommissioned_at),
     }
 
 
@@ -279,16 +311,28 @@ def create_device() -> tuple[Response, int]:
                 zone_id=body.zone_id,
                 latitude=body.latitude,
                 longitude=body.longitude,
+                revive=body.revive,
             )
             device = session.get(Device, body.id)
             assert device is not None
             out = device_json(device)
+            revived = {"revived": True} if result.revived else {}
             audit.record_here(
                 session, "device_registered", device.id, zone_id=device.zone_id,
-                profile=device.profile,
+                profile=device.profile, **revived,
             )  # fmt: skip
+    except DecommissionedError as exc:
+        raise ApiError(
+            409, "decommissioned", str(exc), field="id",
+            decommissioned_at=iso(exc.decommissioned_at),
+        ) from None  # fmt: skip
     except (ProvisioningError, ZoneError) as exc:
         raise ApiError(422, "invalid", str(exc)) from None
+    except (BrokerError, OSError) as exc:  # OSError: nothing listens on the broker's port
+        log.error("device %s not registered, the broker failed: %s", body.id, exc)
+        raise ApiError(
+            503, "broker_unavailable", "the broker cannot be reached; nothing was registered"
+        ) from None
     out["zones"] = result.zones
     out["bridge_config"] = result.bridge_config
     return jsonify(out), 201
@@ -403,8 +447,9 @@ def list_broadcasts() -> Response:
         raise ApiError(422, "invalid", "limit must be a whole number", field="limit") from None
     with db().session() as session:
         stmt = select(Broadcast).order_by(Broadcast.created_at.desc()).limit(limit)
-        if request.args.get("schedule_id", "").isdigit():
-            stmt = stmt.where(Broadcast.schedule_id == int(request.args["schedule_id"]))
+        wanted = request.args.get("schedule_id", "")
+        if wanted.isascii() and wanted.isdigit() and len(wanted) <= 9:  # "²" is a digit too
+            stmt = stmt.where(Broadcast.schedule_id == int(wanted))
         return jsonify([broadcast_json(session, b, False) for b in session.scalars(stmt)])
 
 
@@ -444,6 +489,12 @@ def create_broadcast() -> tuple[Response, int]:
         broadcast = send_broadcast(db(), console_link(), req, cfg.public_base_url)
     except BroadcastError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
+    except LinkError as exc:
+        log.error("broadcast could not be sent: %s", exc)
+        raise ApiError(
+            503, "unavailable", "the broadcast could not be sent: the message broker did not "
+            "answer. Nothing was sent; try again",
+        ) from None  # fmt: skip
     assert broadcast is not None
     with db().session() as session:
         stored = session.get(Broadcast, broadcast.id)
@@ -471,7 +522,14 @@ def stop() -> tuple[Response, int]:
         ts=int(datetime.now(UTC).timestamp() * 1000),
         target_id=body.target_id,
     )
-    console_link().publish_command(zones, command)
+    try:
+        console_link().publish_command(zones, command)
+    except LinkError as exc:
+        log.error("STOP could not be sent: %s", exc)
+        raise ApiError(
+            503, "unavailable", "the STOP could not be sent: the message broker did not "
+            "answer. Try again at once",
+        ) from None  # fmt: skip
     with db().session() as session:
         audit.record_here(session, "stop", command.id, zone_ids=zones, target_id=body.target_id)
     return jsonify({"id": command.id, "zone_ids": zones, "target_id": body.target_id}), 202
@@ -521,10 +579,30 @@ def register_api(app: Flask, csrf: CSRFProtect) -> None:
     csrf.exempt(bp)
     app.register_blueprint(bp)
 
+    @app.errorhandler(404)
+    @app.errorhandler(405)
     @app.errorhandler(413)
-    def _too_large(exc: HTTPException) -> Any:
-        """Raised before routing; answered in JSON on API paths."""
-        if request.path.startswith(bp.url_prefix or "/api"):
+    def _outside_the_routes(exc: HTTPException) -> Any:
+        """An unknown route, a wrong method or a body too large: raised before (or beside) the
+        blueprint's own handlers, so answered here, in the API's JSON on its paths."""
+        prefix = bp.url_prefix or "/api"
+        if request.path != prefix and not request.path.startswith(prefix + "/"):
+            return exc  # pages keep Flask's own
+        where = f"{request.method} {request.path[:200]}"
+        if isinstance(exc, RequestEntityTooLarge):
             limit = current_app.config.get("MAX_CONTENT_LENGTH")
-            return _error(413, "too_large", f"the upload is larger than {limit} bytes")
-        return exc
+            return _error(413, "too_large", f"the request body is larger than {limit} bytes")
+        if isinstance(exc, MethodNotAllowed):
+            allowed = sorted(exc.valid_methods or ())
+            response, status = _error(
+                405, "method_not_allowed",
+                f"{where} is not allowed; this path takes {', '.join(allowed)}",
+                allowed=allowed,
+            )  # fmt: skip
+            response.headers["Allow"] = ", ".join(allowed)
+            return response, status
+        if request.url_rule is not None:  # a route's own 404 (abort) keeps its words
+            return _error(404, "not_found", exc.description or "not found")
+        return _error(
+            404, "not_found", f"no such route: {where} (every route: {prefix}/openapi.json)"
+        )

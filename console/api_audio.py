@@ -68,7 +68,8 @@ def _int_arg(name: str, default: int | None, low: int, high: int) -> int | None:
     raw = request.args.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isascii: "²" is a digit to isdigit(), not to int(); 18 digits: int() refuses > 4300.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18) or not low <= int(raw) <= high:
         raise ApiError(
             422, "invalid", f"{name} must be a whole number from {low} to {high}", field=name
         )

@@ -213,7 +213,7 @@ def _year_arg() -> int | None:
     raw = request.args.get("year")
     if raw is None:
         return None
-    if not (raw.isdigit() and 2000 <= int(raw) <= 2100):
+    if not (raw.isascii() and raw.isdigit() and len(raw) == 4 and 2000 <= int(raw) <= 2100):
         raise ApiError(422, "invalid", "year: a year from 2000 to 2100", field="year")
     return int(raw)
 

@@ -44,6 +44,7 @@ from console.models import (
     Role,
     Schedule,
     Zone,
+    in_service,
 )
 from console.openapi import api_doc
 from console.provisioning import (
@@ -125,8 +126,8 @@ class DeviceFilter:
     query: str = ""
 
     def scope(self) -> list[ColumnElement[bool]]:
-        """Zone and search: the devices the counters count."""
-        where: list[ColumnElement[bool]] = []
+        """Zone and search: the devices the counters count (never a decommissioned one)."""
+        where: list[ColumnElement[bool]] = [in_service()]
         if self.zone_ids is not None:
             where.append(Device.zone_id.in_(self.zone_ids))
         if self.query:
@@ -312,9 +313,15 @@ def board_rows(session: Session, devices: Sequence[Device]) -> list[dict[str, An
 
 
 def _device_or_404(session: Session, device_id: str) -> Device:
+    """A device in service; a decommissioned one is gone for every change."""
     device = session.get(Device, device_id)
     if device is None:
         raise ApiError(404, "not_found", f"no device {device_id[:63]!r}")
+    if device.decommissioned_at is not None:
+        raise ApiError(
+            404, "not_found",
+            f"device {device_id!r} was decommissioned on {iso(device.decommissioned_at)}",
+        )  # fmt: skip
     return device
 
 
@@ -426,13 +433,14 @@ def _parse_since(raw: str | None) -> datetime | None:
     try:
         # "+" becomes a space when a URL's query is not encoded: take it back.
         when = datetime.fromisoformat(raw.strip().replace(" ", "+").replace("Z", "+00:00"))
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None:
+        utc = when.astimezone(UTC) if when.tzinfo is not None else None
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved out of range
+        utc = None
+    if utc is None:
         raise ApiError(
             422, "invalid", "since: give a UTC time, e.g. 2026-11-22T07:00:00Z", field="since"
         )
-    return when.astimezone(UTC)
+    return utc
 
 
 @bp.get("/devices/live")
@@ -542,7 +550,8 @@ def update_device(device_id: str) -> Response:
 @require_role(Role.ADMIN)
 def delete_device(device_id: str) -> tuple[str, int]:
     """Decommission: the broker refuses its login from now on, the worker clears its retained
-    config, and it leaves the console."""
+    config, and it leaves everything live; its history keeps naming it. Refused (503) while
+    the broker cannot be reached, so a device that can still log in never looks gone."""
     with db().write_session() as session:
         device = _device_or_404(session, device_id)
         detail = {"name": device.name, "zone_id": device.zone_id, "profile": device.profile}
@@ -551,6 +560,8 @@ def delete_device(device_id: str) -> tuple[str, int]:
                 decommission_device(session, admin, device.id)
         except (BrokerError, OSError) as exc:
             raise _broker_down(exc) from None
+        except ProvisioningError as exc:  # decommissioned meanwhile by someone else
+            raise ApiError(404, "not_found", str(exc)) from None
         audit.record_here(session, "device_decommissioned", device_id, **detail)
     return "", 204
 
@@ -583,7 +594,7 @@ def zone_tree() -> Response:
         counts: dict[str, int] = {
             zone_id: n
             for zone_id, n in session.execute(
-                select(Device.zone_id, func.count()).group_by(Device.zone_id)
+                select(Device.zone_id, func.count()).where(in_service()).group_by(Device.zone_id)
             )
         }
     children: dict[str | None, list[Zone]] = defaultdict(list)

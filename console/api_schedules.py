@@ -289,7 +289,8 @@ def _who() -> str:
 
 
 def _get(session: Session, schedule_id: int) -> Schedule:
-    schedule = session.get(Schedule, schedule_id)
+    # A larger id cannot exist (ids are 32-bit), and SQLite would overflow on it.
+    schedule = session.get(Schedule, schedule_id) if schedule_id < 2**31 else None
     if schedule is None:
         raise ApiError(404, "not_found", f"no schedule {schedule_id}")
     return schedule
@@ -442,7 +443,9 @@ def _quiet_json(quiet: QuietHours) -> dict[str, str]:
 
 def _days_arg() -> int:
     raw = request.args.get("days", "7")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PROGRAMME_DAYS:
+    # isascii: "²" is a digit to isdigit(), not to int().
+    digits = raw.isascii() and raw.isdigit() and len(raw) <= 3
+    if not digits or not 1 <= int(raw) <= MAX_PROGRAMME_DAYS:
         raise ApiError(
             422, "invalid", f"days: a whole number from 1 to {MAX_PROGRAMME_DAYS}", field="days"
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from flask import Flask, session
+from flask import Flask, Response, abort, jsonify, request, session
 from flask_babel import Babel
 from flask_babel import lazy_gettext as _l
 from flask_wtf.csrf import CSRFProtect
@@ -25,6 +25,24 @@ ROLE_LABELS = {
 }
 
 
+# Scripts only from the console's own files (no inline script, no eval); inline style
+# attributes stay allowed (bar widths, indents). Audio previews play blob: URLs.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self' 'unsafe-inline'",
+        "img-src 'self' data:",
+        "media-src 'self' blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
 def select_locale() -> str:
     """Vietnamese unless the user chose English (session) or only accepts English."""
     chosen = session.get("lang")
@@ -40,6 +58,7 @@ def create_app(settings: Settings, db: Database | None = None, clock: Clock | No
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,  # HTTPS: never sent in clear
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         BABEL_DEFAULT_LOCALE="vi",
         BABEL_TRANSLATION_DIRECTORIES="translations",
@@ -68,11 +87,28 @@ def create_app(settings: Settings, db: Database | None = None, clock: Clock | No
             "nav_items": web.NAV,
         }
 
+    @app.before_request
+    def _no_nul_characters() -> tuple[Response, int] | None:
+        """PostgreSQL's text cannot hold a NUL: one in the path, the query, a form field or a
+        file name is refused here (400), not by the database (500). JSON: api.parse_body."""
+        fields = [request.args]
+        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            fields.append(request.form)
+        texts = [request.path] + [f.filename or "" for f in request.files.values()]
+        texts += [t for multi in fields for key, values in multi.lists() for t in (key, *values)]
+        if any("\x00" in text for text in texts):
+            message = "a NUL character is not allowed in a request"
+            if request.path.startswith("/api/"):  # also where no route matched: JSON
+                return jsonify({"error": {"code": "bad_request", "message": message}}), 400
+            abort(400, description=message)
+        return None
+
     @app.after_request
     def _headers(response):  # type: ignore[no-untyped-def]
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response
 
     return app

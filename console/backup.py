@@ -9,7 +9,11 @@ One .tar.gz holds everything a fresh machine needs to carry on:
   backend-neutral, so a SQLite instance restores into PostgreSQL and back;
 - `media/…`: the content-addressed audio files;
 - `broker/dynamic-security.json` and `broker/mosquitto.db`: the devices' broker accounts
-  (hashed passwords, roles) and the broker's retained messages.
+  (hashed passwords, roles) and the broker's retained messages;
+- `tls/…`: the instance's CA and server certificate with their keys, when TLS is on (the
+  devices trust that CA: a new one would cut every device off).
+
+Logins (web_sessions) are not carried: after a restore, staff log in again.
 
 The database is read in one transaction (a consistent snapshot on both backends) while
 the console keeps running. A restore goes into a new instance directory only; it brings
@@ -27,6 +31,7 @@ import shutil
 import tarfile
 import tempfile
 import tomllib
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -35,21 +40,31 @@ from typing import IO, Any
 
 from alembic import command
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from sqlalchemy import Engine, MetaData, Table, delete, insert, select, text, update
 from sqlalchemy import types as sqltypes
+from sqlalchemy.exc import SQLAlchemyError
 
 from console.db import alembic_config, make_engine
 from console.settings import CONFIG_NAME, Settings, load_settings, write_instance_config
 
 FORMAT = "tieng-loa-backup/1"
 BATCH = 1000
-SKIP_TABLES = {"alembic_version"}
+SKIP_TABLES = {"alembic_version", "web_sessions"}
 # A database with rows in any of these is in use: a restore never writes into it.
 IN_USE_TABLES = {"users", "zones", "devices", "audio_files", "broadcasts"}
 
 
 class BackupError(RuntimeError):
     """A backup that cannot be made or restored as asked (the message says why)."""
+
+
+# What a backup's contents can make the restore raise (rows that are not rows, an unknown
+# schema revision, settings that do not validate): each becomes a BackupError.
+RESTORE_FAILURES = (
+    ValueError, TypeError, LookupError, ArithmeticError, RecursionError, SQLAlchemyError,
+    CommandError,
+)  # ArithmeticError: sqlite3's OverflowError for an integer beyond 64 bits
 
 
 @dataclass(frozen=True)
@@ -164,6 +179,9 @@ def create_backup(settings: Settings, out: Path) -> dict[str, Any]:
                 path = settings.broker.data_dir / name
                 if path.is_file():
                     _add_file(tar, f"broker/{name}", path, sums)
+            if settings.tls is not None:
+                for name in _tls_names(settings):
+                    _add_file(tar, f"tls/{name}", settings.tls.cert_file.parent / name, sums)
             manifest = {
                 "format": FORMAT,
                 "created_at": datetime.now(UTC).isoformat(),
@@ -182,6 +200,19 @@ def create_backup(settings: Settings, out: Path) -> dict[str, Any]:
     finally:
         engine.dispose()
     return manifest
+
+
+TLS_FILE_KEYS = ("ca_file", "cert_file", "key_file")
+
+
+def _tls_names(settings: Settings) -> list[str]:
+    """The files of the instance's TLS directory: the CA (with its key, to renew the server
+    certificate) and the server certificate and key."""
+    assert settings.tls is not None
+    directory = settings.tls.cert_file.parent
+    names = {settings.tls.ca_file.name, settings.tls.cert_file.name, settings.tls.key_file.name}
+    names |= {p.name for p in directory.glob("*") if p.is_file() and not p.name.startswith(".")}
+    return sorted(n for n in names if (directory / n).is_file())
 
 
 # --- restore -------------------------------------------------------------------------------
@@ -206,18 +237,21 @@ def _open_checked(archive: Path, work: Path) -> dict[str, Any]:
                         f"the backup holds something that is not a file: {member.name}"
                     )
             tar.extractall(work, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # zlib: a corrupt gzip
         raise BackupError(f"{archive.name} is not a readable backup: {exc}") from None
     manifest_path = work / "manifest.json"
     try:
         manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise BackupError(f"{archive.name} has no readable manifest: {exc}") from None
-    if manifest.get("format") != FORMAT:
-        raise BackupError(
-            f"{archive.name} is not a backup of this console ({manifest.get('format')!r})"
-        )
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BackupError(f"{archive.name} is not a backup of this console ({found!r})")
     expected: dict[str, str] = manifest.get("sha256", {})
+    if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+        raise BackupError(f"{archive.name} has a damaged manifest (sha256)")
+    if not isinstance(manifest.get("schema_revision"), str):
+        raise BackupError(f"{archive.name} has a damaged manifest (schema_revision)")
     present = {p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file()} - {
         "manifest.json"
     }
@@ -238,6 +272,8 @@ def _open_checked(archive: Path, work: Path) -> dict[str, Any]:
 
 
 def _decode(record: dict[str, Any], decoders: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise BackupError(f"a table row is not a JSON object: {str(record)[:80]}")
     for key, value in record.items():
         decode = decoders.get(key)
         if decode is not None and isinstance(value, str):
@@ -337,7 +373,14 @@ def restore_backup(
         manifest = _open_checked(archive, work)
         if not (work / "config.toml").is_file():
             raise BackupError(f"{archive.name} holds no instance settings (config.toml)")
-        config = tomllib.loads((work / "config.toml").read_text(encoding="utf-8"))
+        try:
+            config = tomllib.loads((work / "config.toml").read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not TOML, nested too deep
+            raise BackupError(
+                f"{archive.name}: its settings (config.toml) are unreadable: {exc}"
+            ) from None
+        if not isinstance(config.get("broker", {}), dict):
+            raise BackupError(f"{archive.name}: its settings (config.toml) have no [broker] table")
         root = instance_dir.resolve()
         if database_url is None:
             if not str(config.get("database_url", "")).startswith("sqlite"):
@@ -355,6 +398,12 @@ def restore_backup(
         if broker_port is not None:
             broker["port"] = broker_port
         config["broker"] = broker
+        tls = config.get("tls")
+        if isinstance(tls, dict):  # the certificates move with the instance
+            config["tls"] = {
+                k: str(root / "tls" / Path(str(v)).name) if k in TLS_FILE_KEYS else v
+                for k, v in tls.items()
+            }
 
         instance_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(instance_dir, 0o700)
@@ -366,7 +415,11 @@ def restore_backup(
             rows = _restore_database(database_url, revision, work / "tables")
             count = _copy_tree(work / "media", root / "media")
             _copy_tree(work / "broker", root / "broker", private=True)
+            _copy_tree(work / "tls", root / "tls", private=True)
             write_instance_config(instance_dir, config)  # last: marks a whole restore
+        except RESTORE_FAILURES as exc:  # rows, schema or settings the console cannot take
+            _undo(root, created_db)
+            raise BackupError(f"{archive.name} cannot be restored: {exc}") from None
         except BaseException:
             _undo(root, created_db)
             raise
@@ -424,6 +477,8 @@ def _undo(root: Path, created_db: Path | None) -> None:
     file only if the restore created it)."""
     shutil.rmtree(root / "media", ignore_errors=True)
     shutil.rmtree(root / "broker", ignore_errors=True)
+    shutil.rmtree(root / "tls", ignore_errors=True)
+    (root / CONFIG_NAME).unlink(missing_ok=True)  # written last, but its check may fail
     if created_db is not None:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{created_db}{suffix}").unlink(missing_ok=True)

@@ -7,6 +7,7 @@ run time over `$CONTROL/dynamic-security/v1`, so provisioning a device never res
 from __future__ import annotations
 
 import glob
+import ipaddress
 import json
 import logging
 import os
@@ -65,6 +66,11 @@ class BrokerSettings:
     admin_password: str
     host: str = "127.0.0.1"
     port: int = 1883
+    # A TLS listener for devices (0: none), on every interface ("") or tls_host.
+    tls_port: int = 0
+    tls_host: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def config_path(self) -> Path:
@@ -79,11 +85,44 @@ class BrokerSettings:
         return self.data_dir / "mosquitto.log"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listener on this address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_listener(settings: BrokerSettings) -> list[str]:
+    """Devices connect here: TLS 1.2 or newer with the instance's certificate."""
+    if not settings.tls_port:
+        return []
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise BrokerError("a TLS listener needs a certificate and key: `python -m console tls`")
+    for path in (settings.tls_cert, settings.tls_key):
+        if not path.is_file():
+            raise BrokerError(f"{path} not found: run `python -m console tls`")
+    return [
+        f"listener {settings.tls_port} {settings.tls_host}".rstrip(),
+        f"certfile {settings.tls_cert}",
+        f"keyfile {settings.tls_key}",
+        "tls_version tlsv1.2",
+    ]
+
+
 def write_config(settings: BrokerSettings) -> None:
     """Write mosquitto.conf and, on first use, the dynamic-security file with the admin."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.data_dir, 0o700)
     plugin = find_dynsec_plugin()
+    if not is_loopback(settings.host):
+        log.warning(
+            "plain MQTT listens on %s: passwords cross the network in clear; "
+            "prefer the TLS listener (docs/security.md)",
+            settings.host,
+        )
     settings.config_path.write_text(
         "\n".join(
             [
@@ -94,10 +133,14 @@ def write_config(settings: BrokerSettings) -> None:
                 # the project's private data directory).
                 f"user {pwd.getpwuid(os.geteuid()).pw_name}",
                 f"listener {settings.port} {settings.host}",
+                *_tls_listener(settings),
                 "persistence true",
                 f"persistence_location {settings.data_dir}/",
                 "autosave_interval 30",
                 "max_queued_messages 10000",
+                # QoS 1 messages sent to a client and not yet confirmed (default 20). The
+                # worker confirms only once stored, a batch at a time: room for whole batches.
+                "max_inflight_messages 1000",
                 # Small packets (commands, acks) go out at once, not after a delayed ACK.
                 "set_tcp_nodelay true",
                 f"plugin {plugin}",
@@ -153,17 +196,23 @@ class BrokerProcess:
                 stderr=err_file,
             )
         deadline = time.monotonic() + timeout_s
+        s = self.settings
+        waiting = [(s.host, s.port)]
+        if s.tls_port:
+            waiting.append((s.tls_host or "127.0.0.1", s.tls_port))
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 err = errors.read_text(errors="replace").strip()
                 raise BrokerError(f"mosquitto exited with {self._proc.returncode}: {err}")
             try:
-                with socket.create_connection((self.settings.host, self.settings.port), 0.2):
+                with socket.create_connection(waiting[0], 0.2):
+                    waiting.pop(0)
+                if not waiting:
                     return
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise BrokerError(f"mosquitto did not listen on port {self.settings.port}")
+        raise BrokerError(f"mosquitto did not listen on port {waiting[0][1]}")
 
     @property
     def running(self) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from console.broadcasts import has_speaker, media_url
 from console.db import Database
-from console.models import AudioFile, Device, DeviceConfigRecord, Preset, WorkerState
+from console.models import AudioFile, Device, DeviceConfigRecord, Preset, WorkerState, in_service
 from console.mqtt_link import LinkError
 from console.zones import ZoneError, ancestors_of, zone_parents
 from device_profiles import protocol
@@ -164,7 +164,8 @@ class ConfigPusher:
             presets = preset_refs(session, self.base_url)
             known = {r.device_id: r.digest for r in session.scalars(select(DeviceConfigRecord))}
             contents: dict[str, ConfigContent] = {}
-            for device in session.scalars(select(Device).order_by(Device.id)):
+            # A decommissioned device has none: its retained config is cleared.
+            for device in session.scalars(select(Device).where(in_service()).order_by(Device.id)):
                 try:
                     contents[device.id] = device_content(device, parents, presets)
                 except ZoneError as exc:

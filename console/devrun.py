@@ -57,13 +57,17 @@ def _port_or_free(preferred: int) -> int:
 
 
 def broker_settings(settings: Settings) -> BrokerSettings:
-    b = settings.broker
+    b, tls = settings.broker, settings.tls
     return BrokerSettings(
         data_dir=b.data_dir,
         admin_username=b.admin_username,
         admin_password=b.admin_password.get_secret_value(),
         host=b.host,
         port=b.port,
+        tls_port=tls.broker_port if tls else 0,
+        tls_host=tls.broker_host if tls else "",
+        tls_cert=tls.cert_file if tls else None,
+        tls_key=tls.key_file if tls else None,
     )
 
 

@@ -6,7 +6,8 @@ statements: per device only the last availability, state and telemetry of the ba
 UPDATE per kind of change, executed for many devices at once), events inserted once per
 (device, message id), acks moving deliveries forward. Bad payloads are counted, never fatal;
 a database that is briefly locked or away is waited for, and a batch the database refuses
-is split until the one message at fault is found and counted.
+is split until the one message at fault is found and counted. A QoS 1 message is confirmed to
+the broker (PUBACK) only once its batch is committed: a worker killed before that gets it again.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, tuple_, update
+from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -53,6 +54,13 @@ _RANK = {
     DeliveryStatus.STOPPED: 3,
 }
 _DEVICES = cast(Table, Device.__table__)
+_DELIVERIES = cast(Table, Delivery.__table__)
+# A device that goes offline (its Last Will: killed, powered off, cut off) while it had a
+# broadcast received or playing cannot be trusted to finish it: the delivery is marked failed
+# with this reason, at once, instead of showing "playing" for ever. Should the device still
+# send its own final ack (it kept playing through a link cut), that ack replaces it.
+OFFLINE_REASON = "device went offline"
+_OPEN = (DeliveryStatus.RECEIVED, DeliveryStatus.STARTED)
 _COUNTERS = cast(Table, IngestCounter.__table__)
 
 
@@ -61,6 +69,9 @@ class Incoming:
     topic: str
     payload: bytes
     received_at: datetime
+    # Tells the broker the message is safe (QoS 1 PUBACK), once it is stored: a worker killed
+    # before that gets it again on its persistent session (docs/reliability.md).
+    confirm: Callable[[], None] | None = field(default=None, compare=False)
 
 
 def _from_ms(ms: int) -> datetime:
@@ -71,10 +82,13 @@ def apply_ack(delivery: Delivery, ack: protocol.Ack) -> None:
     """Move a delivery forward; an older or repeated ack never moves it back."""
     status = DeliveryStatus(ack.status.value)
     when = _from_ms(ack.ts)
+    assumed = delivery.status is DeliveryStatus.FAILED and delivery.reason == OFFLINE_REASON
     if status is DeliveryStatus.RECEIVED:
         delivery.received_at = delivery.received_at or when
     elif status is DeliveryStatus.STARTED:
         delivery.started_at = delivery.started_at or when
+    elif assumed:  # the device's own final word replaces what the console assumed
+        delivery.status, delivery.reason, delivery.ended_at = status, ack.reason, when
     elif delivery.ended_at is None:
         delivery.ended_at = when
     if _RANK[status] > _RANK[delivery.status]:
@@ -215,11 +229,15 @@ class Ingest:
         self._faults = {}
 
     # -- called from paho's thread: only enqueue --
-    def enqueue(self, topic: str, payload: bytes) -> None:
+    def enqueue(
+        self, topic: str, payload: bytes, confirm: Callable[[], None] | None = None
+    ) -> None:
+        item = Incoming(topic, payload, self._clock(), confirm)
         try:
-            self._queue.put_nowait(Incoming(topic, payload, self._clock()))
+            self._queue.put_nowait(item)
         except queue.Full:
             self._count({"dropped_queue_full": 1})
+            self._confirm([item])  # counted as lost; refusing it would stall the broker
 
     def _count(self, counts: Counter[str] | dict[str, int]) -> None:
         with self._lock:
@@ -258,20 +276,32 @@ class Ingest:
                     done = True
                 else:
                     batch.append(item)
-            if batch:
-                self._write(batch)
+            if batch and self._write(batch):
+                self._confirm(batch)
             with self.stored:
                 self.stored.notify_all()
             if done:
                 return
 
-    def _write(self, batch: list[Incoming]) -> None:
-        """Store a batch, waiting out a locked or unreachable database for a while."""
+    @staticmethod
+    def _confirm(batch: list[Incoming]) -> None:
+        """Confirm to the broker, in the order received (as MQTT asks of QoS 1)."""
+        for item in batch:
+            if item.confirm is not None:
+                try:
+                    item.confirm()
+                except Exception:  # the link's trouble: the broker will send it again
+                    log.exception("could not confirm a message on %s", item.topic)
+
+    def _write(self, batch: list[Incoming]) -> bool:
+        """Store a batch, waiting out a locked or unreachable database for a while; False
+        when it gave up because the writer is stopping (the broker keeps those: unconfirmed).
+        A batch that cannot be stored otherwise is counted (store_failed) and confirmed."""
         decoded = decode_batch(batch)
         for delay_s in (*RETRY_DELAYS_S, None):
             try:
                 self.store(decoded)
-                return
+                return True
             except OperationalError as exc:
                 if delay_s is None or self._closing.is_set():
                     log.error("could not store %d uplink messages: %s", len(batch), exc)
@@ -283,12 +313,12 @@ class Ingest:
             except Exception:  # keep the writer alive, whatever the failure; count the loss
                 if len(batch) > 1:  # one message at fault must not sink the rest: halve
                     half = len(batch) // 2
-                    self._write(batch[:half])
-                    self._write(batch[half:])
-                    return
+                    first = self._write(batch[:half])
+                    return self._write(batch[half:]) and first
                 log.exception("could not store a message from %s", batch[0].topic)
                 break
         self._count(decoded.counts + Counter(store_failed=decoded.valid))
+        return not self._closing.is_set()
 
     def handle_batch(self, batch: Sequence[Incoming]) -> None:
         """Decode and store one batch in one transaction (a database error raises)."""
@@ -322,7 +352,56 @@ class Ingest:
         self._update_devices(session, decoded.devices, known, now)
         self._store_events(session, [e for e in decoded.events if e[0].device_id in known], counts)
         self._store_acks(session, [a for a in decoded.acks if a.device_id in known], counts)
+        gone = [d for d, news in decoded.devices.items() if d in known and False in news.online]
+        self._fail_open_deliveries(session, gone, now)
+        playing = {
+            d: str(news.state["playing"]["command_id"])
+            for d, news in decoded.devices.items()
+            if d in known
+            and news.state
+            and news.state.get("playing")
+            and news.online[-1:] != [False]
+        }
+        self._resume_playing(session, playing, now)
         return counts
+
+    @staticmethod
+    def _resume_playing(session: Session, playing: dict[str, str], now: datetime) -> None:
+        """A device back online whose state says it still plays a broadcast assumed failed
+        when it went offline (a clean broker restart sends every device's Last Will, a link
+        cut sends one; the speaker played on): that delivery is playing again."""
+        if not playing:
+            return
+        session.flush()  # after the batch's acks and failures, like _fail_open_deliveries
+        session.execute(
+            update(_DELIVERIES)
+            .where(
+                _DELIVERIES.c.device_id == bindparam("_device"),
+                _DELIVERIES.c.broadcast_id == bindparam("_broadcast"),
+                _DELIVERIES.c.status == DeliveryStatus.FAILED,
+                _DELIVERIES.c.reason == OFFLINE_REASON,
+            )
+            .values(status=DeliveryStatus.STARTED, reason=None, ended_at=None, updated_at=now),
+            [{"_device": d, "_broadcast": b} for d, b in playing.items()],
+        )
+
+    @staticmethod
+    def _fail_open_deliveries(session: Session, device_ids: list[str], now: datetime) -> None:
+        """Deliveries received or playing on devices that went offline: failed (see
+        OFFLINE_REASON). After the acks of the batch, which came before the will."""
+        if device_ids:
+            session.flush()  # the acks' changes first: this UPDATE is not the ORM's
+        for chunk in _chunks(device_ids):
+            session.execute(
+                update(_DELIVERIES)
+                .where(_DELIVERIES.c.device_id.in_(chunk), _DELIVERIES.c.status.in_(_OPEN))
+                .values(
+                    status=DeliveryStatus.FAILED,
+                    reason=OFFLINE_REASON,
+                    ended_at=func.coalesce(_DELIVERIES.c.ended_at, now),
+                    updated_at=now,
+                )
+            )
 
     def _stored_devices(
         self, session: Session, devices: dict[str, DeviceNews]

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -107,6 +108,20 @@ class ApiToken(Base):
     user: Mapped[User] = relationship()
 
 
+class WebSession(Base):
+    """One browser's login: the session cookie carries a random key, only its hash is here.
+
+    Deleting the row ends that login at once (logout, password change, deactivation), even
+    for a copy of the cookie taken before.
+    """
+
+    __tablename__ = "web_sessions"
+
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ZoneKind(enum.StrEnum):
     COMMUNE = "commune"
     HAMLET = "hamlet"
@@ -143,8 +158,16 @@ class Device(Base):
     telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # When anything the live board shows last changed (a cursor for live updates).
     changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Decommissioned: its broker login revoked, shown nowhere live (board, lists, counts,
+    # broadcasts, configs); the row stays so the history still names it. None: in service.
+    decommissioned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     zone: Mapped[Zone] = relationship()
+
+
+def in_service() -> ColumnElement[bool]:
+    """SQL: the device is not decommissioned (every live list and count selects on it)."""
+    return Device.decommissioned_at.is_(None)
 
 
 class AudioFile(Base):
@@ -287,7 +310,8 @@ class Delivery(Base):
     broadcast_id: Mapped[str] = mapped_column(
         ForeignKey("broadcasts.id", ondelete="CASCADE"), index=True
     )
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    # No cascade: a device's deliveries are evidence; a decommissioned device keeps its row.
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
     status: Mapped[DeliveryStatus] = mapped_column(str_enum(DeliveryStatus))
     reason: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -305,7 +329,7 @@ class DeviceEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     message_id: Mapped[str] = mapped_column(String(64))
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)  # no cascade
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
     signal_class: Mapped[str] = mapped_column(String(16))

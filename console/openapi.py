@@ -151,6 +151,7 @@ ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
             "config_version": {"type": ["integer", "null"]},
             "state": {"type": ["object", "null"]},
             "telemetry": {"type": ["object", "null"]},
+            "decommissioned_at": {**TIME, "description": "set once decommissioned (history)"},
             "zones": {"type": "array", "items": {"type": "string"}},
             "bridge_config": {"type": "string", "description": "shown once, at registration"},
         },

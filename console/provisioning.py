@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -24,12 +25,27 @@ class ProvisioningError(ValueError):
     """A device that cannot be registered as asked."""
 
 
+class DecommissionedError(ProvisioningError):
+    """The id belongs to a decommissioned device: its history keeps it. Registering it again
+    needs `revive` (the same device back in service), else another id."""
+
+    def __init__(self, device_id: str, decommissioned_at: datetime) -> None:
+        super().__init__(
+            f"device {device_id!r} was decommissioned on {decommissioned_at:%Y-%m-%d %H:%M} UTC "
+            "and its history keeps this id: choose another id, or register it again with "
+            '"revive": true to put the same device back in service'
+        )
+        self.device_id = device_id
+        self.decommissioned_at = decommissioned_at
+
+
 @dataclass(frozen=True)
 class Provisioned:
     device_id: str
     password: str
     zones: list[str]
     bridge_config: str  # TOML for the installer; holds the secret, shown once
+    revived: bool = False  # a decommissioned device back in service
 
 
 def _q(text: str) -> str:
@@ -45,9 +61,12 @@ def render_bridge_config(
     port: int,
     password: str,
     state_dir: PurePosixPath = DEFAULT_STATE_DIR,
+    ca_pem: str | None = None,
 ) -> str:
-    """The bridge's config file (format in docs/bridge.md)."""
+    """The bridge's config file (format in docs/bridge.md). With `ca_pem` the device connects
+    over TLS and trusts that CA only (inline: the installer copies one file)."""
     zone_list = ", ".join(_q(z) for z in zones)
+    tls = ["tls = true", f"ca_cert = '''\n{ca_pem.strip()}\n'''"] if ca_pem else []
     return "\n".join(
         [
             "# Tiếng loa an ninh bridge config. Holds this device's secret: keep it private.",
@@ -61,6 +80,7 @@ def render_bridge_config(
             f"port = {port}",
             f"username = {_q(device_id)}",
             f"password = {_q(password)}",
+            *tls,
             "",
             "[cache]",
             f"dir = {_q(str(state_dir / 'cache'))}",
@@ -87,6 +107,7 @@ def _issue(
     # answering. A new secret, or an id whose account outlived its row, would do just that.
     admin.revoke_device(device.id)
     admin.provision_device(device.id, password, zones)
+    tls = settings.tls if settings.tls and settings.tls.broker_port else None
     return Provisioned(
         device_id=device.id,
         password=password,
@@ -96,9 +117,10 @@ def _issue(
             profile=device.profile,
             zones=zones,
             host=settings.broker.public_host,
-            port=settings.broker.port,
+            port=tls.broker_port if tls else settings.broker.port,
             password=password,
             state_dir=state_dir,
+            ca_pem=tls.ca_file.read_text(encoding="ascii") if tls else None,
         ),
     )
 
@@ -115,14 +137,22 @@ def register_device(
     latitude: float | None = None,
     longitude: float | None = None,
     state_dir: PurePosixPath = DEFAULT_STATE_DIR,
+    revive: bool = False,
 ) -> Provisioned:
-    """Create the device and its broker account; the caller commits the session."""
+    """Create the device and its broker account; the caller commits the session.
+
+    The id of a decommissioned device is refused (DecommissionedError) unless `revive`: then
+    that same row is back in service with these details and a new secret, its history intact.
+    """
     try:
         protocol.validate_slug(device_id, "device id")
     except protocol.ProtocolError as exc:
         raise ProvisioningError(str(exc)) from None
-    if session.get(Device, device_id) is not None:
+    existing = session.get(Device, device_id)
+    if existing is not None and existing.decommissioned_at is None:
         raise ProvisioningError(f"device {device_id!r} already exists")
+    if existing is not None and existing.decommissioned_at is not None and not revive:
+        raise DecommissionedError(device_id, existing.decommissioned_at)
     if session.get(Zone, zone_id) is None:
         raise ProvisioningError(f"unknown zone {zone_id!r}")
     try:
@@ -130,18 +160,19 @@ def register_device(
     except ProfileError as exc:
         raise ProvisioningError(str(exc)) from None
     ancestors_of(zone_id, zone_parents(session))  # the tree must be sound
-    device = Device(
-        id=device_id,
-        name=name,
-        profile=profile,
-        zone_id=zone_id,
-        latitude=latitude,
-        longitude=longitude,
-        secret_sha256="",
-    )
-    session.add(device)
+    device = existing or Device(id=device_id, secret_sha256="")
+    if existing is None:
+        session.add(device)
+    else:  # revived: what it said before it was decommissioned is stale
+        device.decommissioned_at = None
+        device.online = False
+        device.state = device.telemetry = None
+        device.changed_at = datetime.now(UTC)
+    device.name, device.profile, device.zone_id = name, profile, zone_id
+    device.latitude, device.longitude = latitude, longitude
     bump_config_revision(session)  # the worker publishes its retained config
-    return _issue(session, admin, settings, device, state_dir)
+    issued = _issue(session, admin, settings, device, state_dir)
+    return replace(issued, revived=existing is not None)
 
 
 def reissue_credentials(
@@ -152,10 +183,18 @@ def reissue_credentials(
     state_dir: PurePosixPath = DEFAULT_STATE_DIR,
 ) -> Provisioned:
     """A lost or leaked config file: new secret, old one refused from now on."""
+    device = device_in_service(session, device_id)
+    return _issue(session, admin, settings, device, state_dir)
+
+
+def device_in_service(session: Session, device_id: str) -> Device:
+    """The device, unless unknown or decommissioned (ProvisioningError)."""
     device = session.get(Device, device_id)
     if device is None:
         raise ProvisioningError(f"unknown device {device_id!r}")
-    return _issue(session, admin, settings, device, state_dir)
+    if device.decommissioned_at is not None:
+        raise ProvisioningError(f"device {device_id!r} is decommissioned")
+    return device
 
 
 def move_device(session: Session, admin: DynsecAdmin, device_id: str, zone_id: str) -> list[str]:
@@ -165,9 +204,7 @@ def move_device(session: Session, admin: DynsecAdmin, device_id: str, zone_id: s
     ones (the broker disconnects it once; it reconnects with the same file); the worker
     sends the new zone list in its retained config, and the bridge follows it.
     """
-    device = session.get(Device, device_id)
-    if device is None:
-        raise ProvisioningError(f"unknown device {device_id!r}")
+    device = device_in_service(session, device_id)
     if session.get(Zone, zone_id) is None:
         raise ProvisioningError(f"unknown zone {zone_id!r}")
     zones = ancestors_of(zone_id, zone_parents(session))
@@ -192,14 +229,22 @@ def move_device(session: Session, admin: DynsecAdmin, device_id: str, zone_id: s
     return zones
 
 
-def decommission_device(session: Session, admin: DynsecAdmin, device_id: str) -> None:
-    """Revoke the broker account and remove the device; the caller commits.
+def decommission_device(
+    session: Session, admin: DynsecAdmin, device_id: str, now: datetime | None = None
+) -> Device:
+    """Revoke the broker account and take the device out of service; the caller commits.
 
-    The worker then clears the device's retained config on the broker.
+    The broker goes first: if it cannot be reached this raises (BrokerError, OSError) and
+    nothing is marked, so a device that can still log in never looks decommissioned. The
+    row is kept, hidden from everything live, so its deliveries and alarms still name it;
+    its secret is forgotten (no audio download either). The worker then clears its
+    retained config on the broker.
     """
-    device = session.get(Device, device_id)
-    if device is None:
-        raise ProvisioningError(f"unknown device {device_id!r}")
+    device = device_in_service(session, device_id)
     admin.revoke_device(device_id)
-    session.delete(device)
+    when = now or datetime.now(UTC)
+    device.decommissioned_at = device.changed_at = when
+    device.online = False
+    device.secret_sha256 = ""
     bump_config_revision(session)
+    return device

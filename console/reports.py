@@ -176,7 +176,8 @@ class Paging:
             ("per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE),
         ):
             text = _param(args, name, 8) or str(default)
-            if not text.isdigit() or not 1 <= int(text) <= top:
+            # isascii: "²" is a digit to isdigit(), not to int() (text is at most 8 long).
+            if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= top:
                 raise ReportError(name, f"a whole number from 1 to {top}", "number")
             values.append(int(text))
         return cls(*values)

@@ -19,7 +19,15 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from console import audit
 from console.accounts import AccountError, change_password
-from console.auth import AuthError, LoginLocked, StaffUser, authenticate, db
+from console.auth import (
+    AuthError,
+    LoginLocked,
+    StaffUser,
+    authenticate,
+    current_web_session,
+    db,
+    send_to_login,
+)
 from console.models import Role
 from console.security import MIN_PASSWORD_LENGTH
 from console.web_devices import board_texts
@@ -64,7 +72,7 @@ def _pages_need_login() -> Response | None:
         return None  # a token, not a browser: require_role answers 401/403 itself
     if request.endpoint in _PUBLIC_PAGES or current_user.is_authenticated:
         return None
-    return redirect(url_for("web.login", next=request.path))
+    return send_to_login()  # flashes "Please log in to open this page." (translated)
 
 
 class LoginForm(FlaskForm):  # type: ignore[misc]
@@ -127,7 +135,10 @@ def account() -> Any:
     if form.validate_on_submit():
         try:
             with db().session() as s:
-                change_password(s, current_user.id, form.current.data, form.new.data)
+                change_password(
+                    s, current_user.id, form.current.data, form.new.data,
+                    keep_session=current_web_session(),  # the user's other logins end
+                )  # fmt: skip
                 audit.record_here(s, "password_changed", current_user.username)
         except AccountError:
             flash(_("The current password is wrong."), "error")

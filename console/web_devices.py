@@ -116,8 +116,16 @@ def devices_texts() -> dict[str, Any]:
         "decommissioned": _("Device “%(name)s” decommissioned: it can no longer connect."),
         "confirm_decommission": _(
             "Decommission “%(name)s” (%(id)s)? Its login to the broker is revoked at once and "
-            "it leaves the console, with its delivery and alarm history. This cannot be undone."
+            "it leaves the live board, the device lists and every new broadcast. Its delivery "
+            "and alarm history is kept and still names it. This cannot be undone: to use it "
+            "again, register it again with the same id."
         ),
+        "confirm_revive": _(
+            "“%(id)s” was decommissioned on %(when)s. Put it back in service as “%(name)s”, "
+            "with a new secret? Its history is kept."
+        ),
+        "revive": _("Put back in service"),
+        "revived": _("Device “%(name)s” is back in service."),
         "confirm_secret": _(
             "Give “%(name)s” a new secret? The file on the device stops working at once: "
             "install the new file on it."

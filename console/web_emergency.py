@@ -27,6 +27,7 @@ from console.models import (
     Preset,
     Role,
     Zone,
+    in_service,
 )
 from console.presets import GONG_KEY, PRESETS
 from console.services import settings
@@ -170,7 +171,7 @@ def broadcast_title(session: Session, broadcast: Broadcast) -> str:
 def page() -> str:
     with db().session() as session:
         zones = list(session.scalars(select(Zone)))
-        devices = list(session.scalars(select(Device)))
+        devices = list(session.scalars(select(Device).where(in_service())))
         order = {spec.key: i for i, spec in enumerate(PRESETS)}
         presets = sorted(
             (

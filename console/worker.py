@@ -144,6 +144,7 @@ class Worker:
             subscriptions=SUBSCRIPTIONS,
             on_message=self.ingest.enqueue,
             clean_start=False,
+            ack_when_done=True,  # the broker keeps each QoS 1 fact until the ingest stored it
         )
         self.source = DbScheduleSource(db, may_write=self.is_leader)
         self.tz = ZoneInfo(settings.site_timezone)

@@ -58,7 +58,12 @@ def gunicorn_options(
     threads: int | None = None,
     access_log: str = "-",
 ) -> dict[str, Any]:
-    """gunicorn's settings for the console; arguments override the instance's settings."""
+    """gunicorn's settings for the console; arguments override the instance's settings.
+
+    With `[tls] web = true` it answers HTTPS itself, with the instance's certificate.
+    """
+    tls = settings.tls if settings.tls and settings.tls.web else None
+    https = {"certfile": str(tls.cert_file), "keyfile": str(tls.key_file)} if tls else {}
     return {
         "bind": [bind or f"{settings.web_host}:{settings.web_port}"],
         "workers": workers or settings.web_workers,
@@ -72,6 +77,7 @@ def gunicorn_options(
         "proc_name": "loa-console-web",
         # Several consoles (or test runs) on one machine must not share a control socket.
         "control_socket_disable": True,
+        **https,
     }
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from console.models import Device, Zone
+from console.models import Device, Zone, in_service
 
 # Zone ids per IN (...) list: well under SQLite's bound-parameter limit.
 _IN_CHUNK = 500
@@ -90,20 +90,20 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
 def device_targets(
     session: Session, zone_ids: Sequence[str], parents: dict[str, str | None] | None = None
 ) -> list[DeviceTarget]:
-    """(id, profile) of every device in zone_ids or below them, by id; only those rows."""
+    """(id, profile) of every device in service in zone_ids or below them, by id."""
     tree = parents if parents is not None else zone_parents(session)
     zones = sorted(zone_descendants(zone_ids, tree))
     found: list[DeviceTarget] = []
     for chunk in _chunks(zones):
-        stmt = select(Device.id, Device.profile).where(Device.zone_id.in_(chunk))
+        stmt = select(Device.id, Device.profile).where(Device.zone_id.in_(chunk), in_service())
         found += [DeviceTarget(device_id, profile) for device_id, profile in session.execute(stmt)]
     return sorted(found, key=lambda target: target.id)
 
 
 def devices_in_zones(session: Session, zone_ids: Sequence[str]) -> list[Device]:
-    """Every device whose zone is one of zone_ids or below one of them, by id."""
+    """Every device in service whose zone is one of zone_ids or below one of them, by id."""
     zones = sorted(zone_descendants(zone_ids, zone_parents(session)))
     found: list[Device] = []
     for chunk in _chunks(zones):
-        found += session.scalars(select(Device).where(Device.zone_id.in_(chunk)))
+        found += session.scalars(select(Device).where(Device.zone_id.in_(chunk), in_service()))
     return sorted(found, key=lambda device: device.id)

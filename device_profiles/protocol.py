@@ -359,7 +359,7 @@ def _load_json(payload: bytes | bytearray | str) -> Any:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of > 4300 digits
         raise ProtocolError(f"payload is not JSON: {exc}") from None
     except RecursionError:
         raise ProtocolError("payload is nested too deeply") from None

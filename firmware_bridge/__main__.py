@@ -6,6 +6,7 @@ ExecStopPost)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simulate", action="store_true", help="mock GPIO, simulated player")
     parser.add_argument("--safe-off", action="store_true", help="switch outputs OFF and exit")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--counters-out", type=Path, help="on exit, write each bridge's counters to FILE (JSON)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
@@ -63,7 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     for bridge in bridges:
         bridge.stop()
     log.info("stopped: amplifiers off, offline published")
+    if args.counters_out:
+        write_counters(bridges, args.counters_out)
     return 0
+
+
+def write_counters(bridges: list[Bridge], path: Path) -> None:
+    """{device id: its core's and link's counters}, written whole (a reader never sees half)."""
+    counters = {b.config.device_id: {**b.counters, **b.link.counters()} for b in bridges}
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(counters, sort_keys=True), encoding="utf-8")
+    partial.replace(path)
 
 
 def watch(bridges: list[Bridge], stop: threading.Event) -> None:

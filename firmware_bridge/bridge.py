@@ -88,7 +88,10 @@ def build_bridge(
     else:
         player = AlsaPlayer(profile.audio.alsa_device if profile.audio else "default")
     cache = AudioCache(
-        config.cache.dir, config.cache.budget_mb * 1024 * 1024, auth=config.media_auth()
+        config.cache.dir,
+        config.cache.budget_mb * 1024 * 1024,
+        auth=config.media_auth(),
+        ca_file=config.media_ca(),
     )
     core_ref: list[BridgeCore] = []
 

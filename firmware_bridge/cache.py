@@ -26,7 +26,11 @@ class AudioCache:
     """Files are named by their sha256; a file in the cache was verified when it was written."""
 
     def __init__(
-        self, directory: Path, budget_bytes: int, auth: tuple[str, str] | None = None
+        self,
+        directory: Path,
+        budget_bytes: int,
+        auth: tuple[str, str] | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -34,6 +38,9 @@ class AudioCache:
         self._session = requests.Session()
         if auth is not None:
             self._session.auth = auth
+        # https downloads trust this CA (the console's own), else the system's. Given with each
+        # request: a session's own `verify` loses to $REQUESTS_CA_BUNDLE.
+        self._verify: str | bool = str(ca_file) if ca_file is not None else True
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="audio-fetch")
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -80,7 +87,10 @@ class AudioCache:
         size = 0
         try:
             with self._session.get(
-                audio.url, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+                audio.url,
+                stream=True,
+                timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+                verify=self._verify,
             ) as resp:
                 if resp.status_code != 200:
                     raise CacheError(f"download failed: HTTP {resp.status_code}")

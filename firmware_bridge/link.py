@@ -90,6 +90,8 @@ class MqttLink:
         # A persistent session: the broker keeps QoS 1 commands for a short link drop.
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, clean_session=False)
         client.username_pw_set(settings.username, settings.password.get_secret_value())
+        if settings.tls:  # the chain and the host name are checked; no fallback to plain
+            client.tls_set_context(settings.ssl_context())
         client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         # Room for the send window plus direct (state, availability) messages, so paho never
         # holds outbox messages back in its own queue.
@@ -255,7 +257,12 @@ class MqttLink:
         if not self.connected.is_set():
             self._count("link_skipped_offline")
             return
-        self._client.publish(topic, payload, qos=qos, retain=channel in protocol.RETAINED_CHANNELS)
+        info = self._client.publish(
+            topic, payload, qos=qos, retain=channel in protocol.RETAINED_CHANNELS
+        )
+        # Counted where the other end can count too (the load test compares them).
+        sent = info.rc == mqtt.MQTT_ERR_SUCCESS
+        self._count(f"link_sent_{channel.value}" if sent else "link_publish_failed")
 
     def set_zones(self, zone_ids: Sequence[str]) -> None:
         with self._lock:  # see _connected: one of the two subscribes the new zones

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: a real, authenticated Mosquitto on a free port."""
+"""Fixtures shared by the whole suite: a real, authenticated Mosquitto on a free port; the
+soak switch; the fuzz tests' tally of cases, gathered from every worker of a parallel run."""
 
 from __future__ import annotations
 
@@ -8,16 +9,55 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from console.broker import BrokerProcess, BrokerSettings, DynsecAdmin, free_port
+from tests.fuzz.tally import Tally
 
 T = TypeVar("T")
 
 
 SOAK = os.environ.get("LOA_SOAK") == "1"
+
+
+TALLY = pytest.StashKey[Tally]()  # the fuzz tests' cases per decoder (tests/fuzz/tally.py)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[TALLY] = Tally()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker of a parallel run (pytest-xdist) hands its tally to the main process."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fuzz_tally"] = session.config.stash[TALLY].as_json()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """The main process of a parallel run adds up its workers' tallies."""
+    rows = getattr(node, "workeroutput", {}).get("fuzz_tally")
+    if rows:
+        node.config.stash[TALLY].merge(rows)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """The fuzz figures (docs/reliability.md), also as JSON into LOA_FUZZ_REPORT when set."""
+    tally = config.stash.get(TALLY, None)
+    if tally is None or not tally.rows or hasattr(config, "workeroutput"):
+        return
+    terminalreporter.section("bad input: cases per decoder")
+    for line in tally.lines():
+        terminalreporter.write_line(line)
+    target = os.environ.get("LOA_FUZZ_REPORT")
+    if target:
+        tally.write(Path(target))
+        terminalreporter.write_line(f"written to {target}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

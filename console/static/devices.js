@@ -282,17 +282,30 @@
     if (lat !== null) body.latitude = Number.isNaN(lat) ? $("dev-lat").value : lat;
     if (lon !== null) body.longitude = Number.isNaN(lon) ? $("dev-lon").value : lon;
     const button = e.submitter || e.target.querySelector("button[type=submit]");
-    button.disabled = true;
-    try {
-      const device = await api("POST", "/devices", body);
+    const form = e.target;
+    const registered = async (device, words) => {
       showMessage($("device-error"), "");
-      e.target.reset();
+      form.reset();
       devIdTouched = false;
-      say(fmt(T.registered, { name: device.name }));
+      say(fmt(words, { name: device.name }));
       showConfig(device.id, device.bridge_config);
       await refresh();
+    };
+    button.disabled = true;
+    try {
+      await registered(await api("POST", "/devices", body), T.registered);
     } catch (err) {
-      showMessage($("device-error"), err.message);
+      const error = (err.data && err.data.error) || {};
+      if (error.code === "decommissioned") {
+        // The id of a decommissioned device: only an explicit yes brings it back.
+        showMessage($("device-error"), "");
+        const when = localTime(error.decommissioned_at);
+        ask(fmt(T.confirm_revive, { id: body.id, name: body.name, when }), async () => {
+          await registered(await api("POST", "/devices", { ...body, revive: true }), T.revived);
+        }, T.revive);
+      } else {
+        showMessage($("device-error"), err.message);
+      }
     } finally {
       button.disabled = false;
     }

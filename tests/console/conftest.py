@@ -82,7 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # backup). LOA_TEST_POSTGRES=all runs every database test on both backends.
 POSTGRES_MODULES = {
     "test_api", "test_programme", "test_history", "test_ingest", "test_lease",
-    "test_worker_firing", "test_postgres", "test_gunicorn", "test_backup",
+    "test_worker_firing", "test_postgres", "test_gunicorn", "test_backup", "test_devices_admin",
 }  # fmt: skip
 
 

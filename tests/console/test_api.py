@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.console.conftest import PASSWORDS, token_for
@@ -176,3 +177,70 @@ def test_schedule_with_a_bad_rule_names_the_problem(client: FlaskClient) -> None
     resp = client.post("/api/v1/schedules", json=body, headers=headers)
     assert resp.status_code == 422
     assert resp.get_json()["error"]["code"] == "invalid_rule"
+
+
+def test_unknown_routes_wrong_methods_and_huge_bodies_answer_the_apis_json(
+    app: Flask, client: FlaskClient
+) -> None:
+    admin = token_for(client, "admin")
+    for path in ("/api/v1/no-such-thing", "/api/v1/devices/x/y/z", "/api/v1/" + "x" * 5000):
+        for headers in (admin, {}):  # no route: 404 before any login is asked for
+            resp = client.get(path, headers=headers)
+            assert resp.status_code == 404 and resp.is_json, path[:40]
+            error = resp.get_json()["error"]
+            assert error["code"] == "not_found" and "no such route: GET /api/v1/" in error["message"]
+            assert len(error["message"]) < 400  # a huge path is not echoed whole
+    # HTML in the path comes back inside JSON (never a page that renders it).
+    resp = client.get("/api/v1/<script>alert(1)</script>", headers=admin)
+    assert resp.status_code == 404 and resp.mimetype == "application/json"
+    # A route's own 404 keeps its words.
+    resp = client.get("/api/v1/devices/khong-co", headers=admin)
+    assert resp.get_json()["error"]["message"] == "no device 'khong-co'"
+
+    for method, path, allowed in [
+        ("delete", "/api/v1/zones", ["GET", "HEAD", "OPTIONS", "POST"]),
+        ("put", "/api/v1/health", ["GET", "HEAD", "OPTIONS"]),
+        ("post", "/api/v1/devices/x/credentials/", None),  # a trailing slash: no such route
+    ]:
+        resp = getattr(client, method)(path, json={"a": 1}, headers=admin)
+        if allowed is None:
+            assert resp.status_code == 404 and resp.is_json
+            continue
+        assert resp.status_code == 405 and resp.is_json, path
+        error = resp.get_json()["error"]
+        assert error["code"] == "method_not_allowed" and error["allowed"] == allowed
+        assert f"{method.upper()} {path} is not allowed" in error["message"]
+        assert resp.headers["Allow"] == ", ".join(allowed)
+
+    app.config["MAX_CONTENT_LENGTH"] = 2048
+    json_headers = admin | {"Content-Type": "application/json"}
+    for path, kwargs in [
+        ("/api/v1/zones", {"data": b'{"id": "' + b"x" * 5000 + b'"}', "headers": json_headers}),
+        ("/api/v1/audio", {"data": {"file": (io.BytesIO(b"x" * 5000), "a.mp3")}, "headers": admin}),
+        ("/api/v1/no-such-thing", {"data": b"x" * 5000, "headers": json_headers}),
+    ]:
+        resp = client.post(path, **kwargs)
+        assert resp.is_json and resp.status_code in (404, 413), path
+        if path != "/api/v1/no-such-thing":
+            assert resp.status_code == 413
+            assert resp.get_json()["error"] == {
+                "code": "too_large", "message": "the request body is larger than 2048 bytes"}  # fmt: skip
+    # The process carries on; pages keep Flask's own HTML error pages.
+    assert client.get("/api/v1/zones", headers=admin).status_code == 200
+    page = client.get("/no-such-page")
+    assert page.status_code == 404 and page.mimetype == "text/html"
+
+
+def test_a_page_asked_for_without_logging_in_says_why_on_the_login_form(
+    client: FlaskClient,
+) -> None:
+    resp = client.get("/devices?zone=thon-a")
+    assert resp.status_code == 302
+    assert resp.headers["Location"].startswith("/login?next=%2Fdevices")
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert "Vui lòng đăng nhập để mở trang này." in page
+    assert "Please log in" not in page
+    assert "Vui lòng đăng nhập" not in client.get("/login").get_data(as_text=True)  # once
+    client.get("/lang/en")
+    page = client.get(client.get("/history").headers["Location"]).get_data(as_text=True)
+    assert "Please log in to open this page." in page

@@ -20,8 +20,9 @@ from console.__main__ import main as console_main
 from console.backup import BackupError, _encode, create_backup, restore_backup
 from console.broker import BrokerProcess, BrokerSettings, free_port
 from console.db import Database, make_engine
-from console.models import Schedule
-from console.settings import Settings, load_settings, write_instance_config
+from console.models import Schedule, User, WebSession
+from console.settings import Settings, add_tls_section, load_settings, write_instance_config
+from console.tls import TLS_DIR, TlsFiles, issue_server_certificate
 from tests.conftest import Broker
 from tests.console.conftest import token_for
 from tests.console.test_broker import Peer
@@ -224,3 +225,40 @@ def test_a_restore_into_a_database_that_has_data_is_refused_and_undone(
         restore_backup(archive, second, database_url=url)  # the first restore's database
     assert not (second / "config.toml").exists()
     assert dump(url) == first  # the database already there is untouched
+
+
+def test_the_tls_files_travel_with_the_backup_and_logins_do_not(
+    settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    """Devices trust the instance's CA: a restored instance must keep it (and its key, to
+    renew the server certificate). Logins are not carried: staff log in again."""
+    write_config(settings)
+    files = TlsFiles(settings.instance_dir / TLS_DIR)
+    issue_server_certificate(files, ["localhost", "127.0.0.1"])
+    with_tls = add_tls_section(
+        settings.instance_dir,
+        {"ca_file": str(files.ca_cert), "cert_file": str(files.cert),
+         "key_file": str(files.key), "broker_port": 0},
+    )  # fmt: skip
+    with db.session() as session:
+        admin = session.scalars(select(User).where(User.username == "admin")).one()
+        session.add(WebSession(key_sha256="ab" * 32, user_id=admin.id))
+    archive = tmp_path / "tls.tar.gz"
+    manifest = create_backup(with_tls, archive)
+    assert {f"tls/{p.name}" for p in files.directory.iterdir()} <= set(manifest["sha256"])
+
+    target = tmp_path / "tls-restored"
+    url = f"sqlite:///{target.resolve() / 'console.sqlite3'}"
+    restore_backup(archive, target, database_url=url, broker_port=free_port())
+    restored = load_settings(target)
+    assert restored.tls is not None
+    here = target.resolve() / TLS_DIR
+    for before, after in [
+        (files.ca_cert, restored.tls.ca_file),
+        (files.cert, restored.tls.cert_file),
+        (files.key, restored.tls.key_file),
+        (files.ca_key, here / files.ca_key.name),
+    ]:
+        assert after.parent == here and after.read_bytes() == before.read_bytes()
+    assert restored.tls.key_file.stat().st_mode & 0o077 == 0
+    assert dump(restored.database_url)["web_sessions"] == []

@@ -1,0 +1,1 @@
+"""Bad input on every decoder: property-based and fuzz tests that count what they tried."""
