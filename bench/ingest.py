@@ -30,9 +30,10 @@ from sqlalchemy import func, insert, select
 from bench.report import Comparison, Figure, Section, fmt
 from console.broker import BrokerProcess, BrokerSettings, DynsecAdmin, free_port
 from console.db import Database, upgrade
+from console.devrun import broker_config
 from console.ingest import SUBSCRIPTIONS, Incoming, Ingest
 from console.models import Device, DeviceConfigRecord, IngestCounter, Zone, ZoneKind
-from console.settings import BrokerConfig, Settings
+from console.settings import Settings
 from console.worker import build_worker
 from device_profiles import protocol
 
@@ -96,16 +97,7 @@ def console_instance(root: Path, *, web_port: int | None = None) -> Iterator[Ins
             media_dir=root / "media",
             public_base_url=f"http://127.0.0.1:{port}",
             web_port=port,
-            broker=BrokerConfig(
-                host=broker_settings.host,
-                port=broker_settings.port,
-                public_host=broker_settings.host,
-                admin_username=broker_settings.admin_username,
-                admin_password=broker_settings.admin_password,
-                console_username="console",
-                console_password=console_password,
-                data_dir=broker_settings.data_dir,
-            ),
+            broker=broker_config(broker_settings, "console", console_password),
         )
         upgrade(settings.database_url)
         db = Database(settings.database_url)

@@ -127,6 +127,14 @@ def nul_character_at(data: Any) -> str | None:
     return None
 
 
+def not_sent(what: str, exc: Exception, who: str, advice: str) -> ApiError:
+    """503 for a command the broker (or database) did not take: logged, nothing was sent."""
+    log.error("%s could not be sent: %s", what, exc)
+    return ApiError(
+        503, "unavailable", f"{what} could not be sent: {who} did not answer. {advice}"
+    )
+
+
 def parse_body(model: type[M]) -> M:
     try:
         data = request.get_json(silent=True)
@@ -490,11 +498,7 @@ def create_broadcast() -> tuple[Response, int]:
     except BroadcastError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
     except LinkError as exc:
-        log.error("broadcast could not be sent: %s", exc)
-        raise ApiError(
-            503, "unavailable", "the broadcast could not be sent: the message broker did not "
-            "answer. Nothing was sent; try again",
-        ) from None  # fmt: skip
+        raise not_sent("the broadcast", exc, "the message broker", "Try again") from None
     assert broadcast is not None
     with db().session() as session:
         stored = session.get(Broadcast, broadcast.id)
@@ -525,11 +529,7 @@ def stop() -> tuple[Response, int]:
     try:
         console_link().publish_command(zones, command)
     except LinkError as exc:
-        log.error("STOP could not be sent: %s", exc)
-        raise ApiError(
-            503, "unavailable", "the STOP could not be sent: the message broker did not "
-            "answer. Try again at once",
-        ) from None  # fmt: skip
+        raise not_sent("the STOP", exc, "the message broker", "Try again at once") from None
     with db().session() as session:
         audit.record_here(session, "stop", command.id, zone_ids=zones, target_id=body.target_id)
     return jsonify({"id": command.id, "zone_ids": zones, "target_id": body.target_id}), 202

@@ -32,6 +32,7 @@ from console.api import (
     broadcast_json,
     check_zones,
     iso,
+    not_sent,
     parse_body,
     user_id,
 )
@@ -160,11 +161,9 @@ def sound_emergency() -> tuple[Response, int]:
     except BroadcastError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
     except (LinkError, OperationalError) as exc:
-        log.error("emergency could not be sent: %s", exc)
-        raise ApiError(
-            503, "unavailable", "the emergency could not be sent: the message broker or the "
-            "database did not answer. Try again at once",
-        ) from None  # fmt: skip
+        raise not_sent(
+            "the emergency", exc, "the message broker or the database", "Try again at once"
+        ) from None
     assert broadcast is not None  # a fresh id is never taken
     with db().session() as session:
         stored = session.get(Broadcast, broadcast.id)

@@ -28,7 +28,7 @@ from console.db import Database, upgrade
 from console.models import AudioFile, Device, Schedule, Zone, ZoneKind
 from console.presets import ensure_presets
 from console.provisioning import register_device, reissue_credentials
-from console.settings import Settings, write_new_instance
+from console.settings import BrokerConfig, Settings, write_new_instance
 
 log = logging.getLogger("devrun")
 
@@ -68,6 +68,21 @@ def broker_settings(settings: Settings) -> BrokerSettings:
         tls_host=tls.broker_host if tls else "",
         tls_cert=tls.cert_file if tls else None,
         tls_key=tls.key_file if tls else None,
+    )
+
+
+def broker_config(bs: BrokerSettings, console_username: str, console_password: str) -> BrokerConfig:
+    """The console's [broker] settings for a broker started from `bs` with this console
+    account (the inverse of broker_settings; throwaway instances: tests, bench, screenshots)."""
+    return BrokerConfig(
+        host=bs.host,
+        port=bs.port,
+        public_host=bs.host,
+        admin_username=bs.admin_username,
+        admin_password=bs.admin_password,
+        console_username=console_username,
+        console_password=console_password,
+        data_dir=bs.data_dir,
     )
 
 

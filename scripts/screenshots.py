@@ -48,6 +48,7 @@ from console.app import create_app  # noqa: E402
 from console.broadcasts import BroadcastRequest, record_broadcast, record_missed  # noqa: E402
 from console.broker import BrokerProcess, BrokerSettings, DynsecAdmin, free_port  # noqa: E402
 from console.db import Database, upgrade  # noqa: E402
+from console.devrun import broker_config  # noqa: E402
 from console.ingest import Incoming, Ingest  # noqa: E402
 from console.library import add_audio, import_upload, speak_into_library  # noqa: E402
 from console.models import Role, User, Zone, ZoneKind  # noqa: E402
@@ -141,16 +142,7 @@ def start_broker(root: Path) -> tuple[BrokerProcess, BrokerConfig]:
     console_password = secrets.token_urlsafe(16)
     with _admin(broker_settings) as admin:
         admin.provision_console("console", console_password)
-    config = BrokerConfig(
-        host=broker_settings.host,
-        port=broker_settings.port,
-        public_host=broker_settings.host,
-        admin_username=broker_settings.admin_username,
-        admin_password=broker_settings.admin_password,
-        console_username="console",
-        console_password=console_password,
-        data_dir=data_dir,
-    )
+    config = broker_config(broker_settings, "console", console_password)
     return broker, config
 
 
@@ -162,7 +154,7 @@ def build_scene(root: Path, *, presets: bool = True, now: datetime | None = None
     """The demo commune in `root` (a fresh folder). `presets=False` skips speaking the nine
     emergency announcements (the emergency page then has none to choose)."""
     now = now or datetime.now(UTC)
-    broker, broker_config = start_broker(root)
+    broker, broker_cfg = start_broker(root)
     try:
         instance = root / "instance"
         instance.mkdir(mode=0o700)
@@ -174,7 +166,7 @@ def build_scene(root: Path, *, presets: bool = True, now: datetime | None = None
             media_dir=instance / "media",
             public_base_url=f"http://127.0.0.1:{web_port}",
             web_port=web_port,
-            broker=broker_config,
+            broker=broker_cfg,
         )
         upgrade(settings.database_url)
         db = Database(settings.database_url)

@@ -19,9 +19,10 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from console.app import create_app
 from console.broker import free_port
 from console.db import Database, upgrade
+from console.devrun import broker_config
 from console.models import AuditEntry, Role, User
 from console.security import hash_password
-from console.settings import BrokerConfig, Settings
+from console.settings import Settings
 from console.worker import Worker, build_worker
 from tests import postgres
 from tests.conftest import Broker
@@ -49,16 +50,7 @@ def make_settings(tmp_path: Path, broker: Broker, **overrides: Any) -> Settings:
         secret_key=secrets.token_hex(16),
         database_url=url,
         media_dir=instance / "media",
-        broker=BrokerConfig(
-            host=bs.host,
-            port=bs.port,
-            public_host=bs.host,
-            admin_username=bs.admin_username,
-            admin_password=bs.admin_password,
-            console_username=broker.console_username,
-            console_password=broker.console_password,
-            data_dir=bs.data_dir,
-        ),
+        broker=broker_config(bs, broker.console_username, broker.console_password),
         **overrides,
     )
 

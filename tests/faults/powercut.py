@@ -28,7 +28,6 @@ import shutil
 import sqlite3
 import struct
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,35 +57,9 @@ def numbered_alarm(device_id: str, number: int, now_ms: int) -> protocol.Event:
 
 
 def run_alarms(config_path: Path, count: int, first: int, drain_s: float) -> int:
-    from firmware_bridge.config import load_bridge_config
-    from firmware_bridge.link import MqttLink
-    from firmware_bridge.outbox import OUTBOX_FILE
-    from firmware_bridge.ports import SystemClock
+    from tests.firmware_bridge.emitter import emit
 
-    config = load_bridge_config(config_path)
-    clock = SystemClock()
-    link = MqttLink(
-        config.device_id,
-        config.mqtt,
-        config.zones,
-        clock,
-        outbox_path=config.state_dir / OUTBOX_FILE,
-        on_command=lambda _t, _p: None,
-        on_config=lambda _p: None,
-        on_connected=lambda: None,
-    )
-    link.start()
-    for number in range(first, first + count):
-        link.publish(
-            protocol.Channel.EVENT, numbered_alarm(config.device_id, number, clock.now_ms())
-        )
-        print(number, flush=True)
-    deadline = time.monotonic() + drain_s
-    while link.counters()["outbox_queued"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    link.stop()
-    print("done", flush=True)
-    return 0
+    return emit(config_path, count, first=first, drain_s=drain_s, make_event=numbered_alarm)
 
 
 def batch_event_id(number: int, j: int) -> str:

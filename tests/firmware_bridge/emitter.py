@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from device_profiles import protocol
@@ -36,14 +37,18 @@ def numbered_event(device_id: str, number: int, now_ms: int) -> protocol.Event:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("config", type=Path)
-    parser.add_argument("count", type=int)
-    parser.add_argument("--drain-s", type=float, default=60.0)
-    parser.add_argument("--linger-s", type=float, default=0.0, help="then idle this long")
-    args = parser.parse_args(argv)
-    config = load_bridge_config(args.config)
+def emit(
+    config_path: Path,
+    count: int,
+    *,
+    first: int = 1,
+    drain_s: float = 60.0,
+    linger_s: float = 0.0,
+    make_event: Callable[[str, int, int], protocol.Event] = numbered_event,
+) -> int:
+    """Publish events first..first+count-1 through the bridge's real link, printing each
+    number once accepted; drain the outbox, idle, stop cleanly, print "done"."""
+    config = load_bridge_config(config_path)
     clock = SystemClock()
     link = MqttLink(
         config.device_id,
@@ -56,18 +61,26 @@ def main(argv: list[str] | None = None) -> int:
         on_connected=lambda: None,
     )
     link.start()
-    for number in range(1, args.count + 1):
-        link.publish(
-            protocol.Channel.EVENT, numbered_event(config.device_id, number, clock.now_ms())
-        )
+    for number in range(first, first + count):
+        link.publish(protocol.Channel.EVENT, make_event(config.device_id, number, clock.now_ms()))
         print(number, flush=True)
-    deadline = time.monotonic() + args.drain_s
+    deadline = time.monotonic() + drain_s
     while link.counters()["outbox_queued"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(args.linger_s)
+    time.sleep(linger_s)
     link.stop()
     print("done", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("count", type=int)
+    parser.add_argument("--drain-s", type=float, default=60.0)
+    parser.add_argument("--linger-s", type=float, default=0.0, help="then idle this long")
+    args = parser.parse_args(argv)
+    return emit(args.config, args.count, drain_s=args.drain_s, linger_s=args.linger_s)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
+from scripts import screenshots
 from tests.console.conftest import PASSWORDS
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or screenshots.CHROMIUM
 CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+    *screenshots.CHROMIUM_ARGS,  # the flags Debian's Chromium needs here, headless
     # Microphone recording without a device or a permission prompt.
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
